@@ -1,0 +1,90 @@
+"""Convolution modules: a Linen ``Conv`` over ``ops.conv2d`` and ``ConvBN`` (conv + BatchNorm + activation)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnn_jax import ops
+
+Array = jnp.ndarray
+Dtype = Any
+Activation = Optional[Callable[[Array], Array]]
+
+# He (fan-out) initialization, as torchvision and Keras initialize conv kernels before ReLUs.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+
+PADDING_MODES = ("same", "symmetric", "circular")
+
+
+def padding_for(mode: str, kernel_size: int, dilation: int = 1):
+    """The ``ops.conv2d`` padding of a padding mode.
+
+    "same": TensorFlow/XLA SAME (extra zero at the end for even totals), as TF and Keras models use;
+    "symmetric": ``dilation * (k - 1) // 2`` zeros on every side, as PyTorch models use;
+    "circular": SAME amounts, wrapped — for translation-equivariant networks.
+    Stride-1 odd kernels pad the same way under all three except at the border values.
+    """
+    if mode == "same":
+        return "SAME"
+    if mode == "symmetric":
+        return dilation * (kernel_size - 1) // 2
+    if mode == "circular":
+        return "CIRCULAR"
+    raise ValueError(f"unknown padding mode {mode!r}: use one of {PADDING_MODES}")
+
+
+class Conv(nn.Module):
+    """2-D convolution with an HWIO kernel; computes in ``dtype``, keeps its params in float32."""
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    padding: Any = "SAME"
+    dilation: int = 1
+    groups: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    kernel_init: Callable = he_normal
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        if channels % self.groups:
+            raise ValueError(f"{self.name}: groups={self.groups} does not divide the {channels} input channels")
+        kernel = self.param("kernel", self.kernel_init,
+                            (self.kernel_size, self.kernel_size, channels // self.groups, self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+        x = x.astype(self.dtype)
+        return ops.conv2d(x, kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype),
+                          stride=self.strides, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) -> BatchNorm -> activation, the unit every zoo CNN is made of.
+
+    ``bn_momentum`` is Flax's (running = momentum * running + (1 - momentum) * batch): PyTorch's 0.1 is 0.9 here.
+    ``activation=None`` gives the linear projection of inverted residuals.
+    """
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    padding_mode: str = "symmetric"
+    dilation: int = 1
+    groups: int = 1
+    activation: Activation = nn.relu
+    use_bias: bool = False
+    bn_epsilon: float = 1e-5
+    bn_momentum: float = 0.9
+    bn_scale_init: Callable = nn.initializers.ones
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        x = Conv(self.features, self.kernel_size, self.strides,
+                 padding_for(self.padding_mode, self.kernel_size, self.dilation), self.dilation, self.groups,
+                 use_bias=self.use_bias, dtype=self.dtype, name="conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                         scale_init=self.bn_scale_init, dtype=self.dtype, name="bn")(x)
+        return x if self.activation is None else self.activation(x)

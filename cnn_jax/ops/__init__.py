@@ -1,0 +1,13 @@
+"""Pure functions on NHWC arrays: convolution, pooling, and the arithmetic of conv stacks.
+
+Everything here is jit, grad and vmap safe and knows nothing of modules, data or training.
+"""
+from cnn_jax.ops.arithmetic import LayerGeometry, ReceptiveField, conv_output_size, count_params, receptive_field
+from cnn_jax.ops.conv import conv2d, conv2d_reference
+from cnn_jax.ops.padding import same_padding
+from cnn_jax.ops.pooling import avg_pool, global_avg_pool, global_max_pool, max_pool
+
+__all__ = [
+    "LayerGeometry", "ReceptiveField", "avg_pool", "conv2d", "conv2d_reference", "conv_output_size",
+    "count_params", "global_avg_pool", "global_max_pool", "max_pool", "receptive_field", "same_padding",
+]

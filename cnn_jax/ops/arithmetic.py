@@ -1,0 +1,74 @@
+"""Shape arithmetic of convolution stacks: output sizes, receptive fields, parameter counts."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from cnn_jax.ops import padding as padding_lib
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: padding_lib.PaddingLike = 0,
+                     dilation: int = 1) -> int:
+    """Output length of a conv or pool along one axis.
+
+    ``floor((size + lo + hi - dilation * (kernel - 1) - 1) / stride) + 1`` for explicit padding (an int
+    p means lo = hi = p, a pair is (lo, hi)); ``ceil(size / stride)`` for "SAME" and "CIRCULAR"; the
+    floor formula with no padding for "VALID".
+    """
+    if min(size, kernel, stride, dilation) < 1:
+        raise ValueError(f"size, kernel, stride and dilation must be positive, got {(size, kernel, stride, dilation)}")
+    if isinstance(padding, str):
+        name = padding.upper()
+        if name in ("SAME", "CIRCULAR"):
+            return math.ceil(size / stride)
+        if name != "VALID":
+            raise ValueError(f"unknown padding {padding!r}: use SAME, VALID, CIRCULAR, an int or a (lo, hi) pair")
+        lo = hi = 0
+    elif isinstance(padding, int):
+        lo = hi = padding
+    else:
+        lo, hi = padding
+    out = (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise ValueError(f"a kernel of {kernel} (dilation {dilation}) does not fit an input of {size} padded by {(lo, hi)}")
+    return out
+
+
+class LayerGeometry(NamedTuple):
+    """One conv or pool layer along one axis: the only facts the receptive field depends on."""
+    kernel: int
+    stride: int = 1
+    padding: int = 0   # zeros before the first pixel (the low side)
+    dilation: int = 1
+
+
+class ReceptiveField(NamedTuple):
+    """Of one output unit, in input pixels: ``size`` seen, ``jump`` between neighbouring units,
+    ``start`` the centre of the first unit's field (negative when it lies in the padding)."""
+    size: int
+    jump: int
+    start: float
+
+
+def receptive_field(layers: Sequence) -> ReceptiveField:
+    """Receptive field of the last layer of a stack, each layer a ``LayerGeometry`` or (kernel, stride[, padding[, dilation]]).
+
+    Recurrence: ``jump_out = jump * stride``, ``size_out = size + (k_eff - 1) * jump``,
+    ``start_out = start + ((k_eff - 1) / 2 - padding) * jump`` with ``k_eff = dilation * (kernel - 1) + 1``.
+    """
+    size, jump, start = 1, 1, 0.0  # one pixel, centred on pixel 0
+    for layer in layers:
+        layer = LayerGeometry(*layer) if not isinstance(layer, LayerGeometry) else layer
+        effective = layer.dilation * (layer.kernel - 1) + 1
+        start = start + ((effective - 1) / 2 - layer.padding) * jump
+        size = size + (effective - 1) * jump
+        jump = jump * layer.stride
+    return ReceptiveField(size, jump, start)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a pytree of arrays (params, batch_stats, or a whole variables dict)."""
+    return int(sum(np.prod(np.shape(leaf), dtype=np.int64) for leaf in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,78 @@
+"""2-D convolution on NHWC images with HWIO kernels: the XLA op and a readable reference."""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax.numpy as jnp
+from jax import lax
+
+from cnn_jax.ops import padding as padding_lib
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _check(x, kernel, groups):
+    if x.ndim != 4:
+        raise ValueError(f"conv2d expects NHWC images of rank 4, got shape {x.shape}; add a batch axis with x[None]")
+    if kernel.ndim != 4:
+        raise ValueError(f"conv2d expects an HWIO kernel of rank 4, got shape {kernel.shape}")
+    channels, in_per_group, features = x.shape[-1], kernel.shape[2], kernel.shape[3]
+    if channels % groups or features % groups:
+        raise ValueError(f"groups={groups} must divide input channels ({channels}) and output features ({features})")
+    if in_per_group * groups != channels:
+        raise ValueError(
+            f"kernel expects {in_per_group} input channels per group x {groups} groups = "
+            f"{in_per_group * groups}, but the images have {channels}")
+
+
+def _explicit_padding(x, kernel, stride, padding, dilation):
+    strides = padding_lib.pair(stride, "stride")
+    dilations = padding_lib.pair(dilation, "dilation")
+    pads, mode = padding_lib.resolve(padding, x.shape[1:3], kernel.shape[:2], strides, dilations)
+    return strides, dilations, pads, mode
+
+
+def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None, *,
+           stride=1, padding: padding_lib.PaddingLike = "SAME", dilation=1, groups: int = 1) -> jnp.ndarray:
+    """Cross-correlation of ``x`` (N, H, W, C) with ``kernel`` (kh, kw, C // groups, F), plus ``bias`` (F,).
+
+    Output spatial sizes are ``conv_output_size(n, k, stride, padding, dilation)``. ``groups == C``
+    gives a depthwise convolution. Runs on ``lax.conv_general_dilated``; "CIRCULAR" pads by wrapping first.
+    """
+    _check(x, kernel, groups)
+    strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
+    if mode == "wrap":
+        x, pads = padding_lib.apply(x, pads, mode), ((0, 0), (0, 0))
+    y = lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=strides, padding=pads, rhs_dilation=dilations,
+        dimension_numbers=_DIMENSIONS, feature_group_count=groups)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return y
+
+
+def conv2d_reference(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None, *,
+                     stride=1, padding: padding_lib.PaddingLike = "SAME", dilation=1, groups: int = 1) -> jnp.ndarray:
+    """``conv2d`` written out as im2col + matmul, without loops.
+
+    Each output pixel gathers its receptive field (kh x kw x C values) into a row of a patch matrix;
+    the convolution is then one matrix product per group of that matrix with the flattened kernel.
+    """
+    _check(x, kernel, groups)
+    strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
+    x = padding_lib.apply(x, pads, mode)
+    (kh, kw, in_per_group, features), (sh, sw), (dh, dw) = kernel.shape, strides, dilations
+    out_h = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    out_w = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    rows = (jnp.arange(out_h) * sh)[:, None] + (jnp.arange(kh) * dh)[None, :]  # (out_h, kh)
+    cols = (jnp.arange(out_w) * sw)[:, None] + (jnp.arange(kw) * dw)[None, :]  # (out_w, kw)
+    patches = x[:, rows[:, None, :, None], cols[None, :, None, :], :]  # (N, out_h, out_w, kh, kw, C)
+    n = x.shape[0]
+    patches = patches.reshape(n, out_h, out_w, kh * kw, groups, in_per_group)
+    patches = patches.transpose(0, 1, 2, 4, 3, 5).reshape(n * out_h * out_w, groups, kh * kw * in_per_group)
+    weights = kernel.reshape(kh * kw * in_per_group, groups, features // groups).transpose(1, 0, 2)
+    y = jnp.einsum("pgk,gkf->pgf", patches, weights.astype(x.dtype))  # one matmul per group
+    y = y.reshape(n, out_h, out_w, features)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return y

@@ -1,0 +1,82 @@
+"""The training configuration: one frozen dataclass, validated when built."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimizer, schedule, regularization, and bookkeeping.
+
+    The data (batch size, augmentation, splits) and the model (including its compute dtype for
+    half precision) are chosen by the caller; this config holds only what the engine decides.
+
+    Attributes:
+      epochs: passes over the training split.
+      learning_rate: peak learning rate of the schedule.
+      optimizer: "sgd" and "nesterov" (both with `momentum`), "adam", or "adamw".
+      momentum: momentum of sgd/nesterov; 0 gives plain SGD.
+      schedule: "constant", "cosine" (decay to 0), "warmup_cosine" (linear warmup over
+        `warmup_epochs`, then cosine to 0) or "onecycle" (cosine rise over `warmup_epochs`,
+        then cosine fall, as PyTorch's OneCycleLR).
+      warmup_epochs: length of the rising part of "warmup_cosine" and "onecycle"; may be
+        fractional.
+      weight_decay: decoupled for adamw, an L2 term on the gradient otherwise; kernels only.
+      label_smoothing: mass spread uniformly over all classes in the training targets.
+      seed: seeds parameter init, dropout and augmentation (the data order has its own seed).
+      log_every_steps: how often training metrics are read from the device and written.
+      checkpoint_every_steps: save a checkpoint every this many steps, besides at the end of
+        every epoch; 0 saves at epoch ends only.
+      keep_checkpoints: how many of the latest checkpoints to keep for resuming.
+      progress_bar: draw a one-line progress bar on stderr.
+    """
+
+    epochs: int = 10
+    learning_rate: float = 0.1
+    optimizer: str = "nesterov"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    log_every_steps: int = 100
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        _require(self.epochs >= 1, "epochs", self.epochs, "use at least 1 epoch")
+        _require(math.isfinite(self.learning_rate) and self.learning_rate > 0,
+                 "learning_rate", self.learning_rate,
+                 "use a positive learning rate such as 0.1 (sgd) or 1e-3 (adam)")
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer,
+                 f"choose one of {', '.join(OPTIMIZERS)}")
+        _require(0 <= self.momentum < 1, "momentum", self.momentum,
+                 "use a value in [0, 1), e.g. 0.9")
+        _require(self.schedule in SCHEDULES, "schedule", self.schedule,
+                 f"choose one of {', '.join(SCHEDULES)}")
+        _require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs,
+                 f"use a value in [0, epochs={self.epochs})")
+        if self.schedule in ("warmup_cosine", "onecycle"):
+            _require(self.warmup_epochs > 0, "warmup_epochs", self.warmup_epochs,
+                     f"schedule={self.schedule} needs warmup_epochs > 0 (or use schedule=cosine)")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay,
+                 "use 0 for none or a small positive value such as 5e-4")
+        _require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
+                 "use a value in [0, 1), e.g. 0.1")
+        _require(self.log_every_steps >= 1, "log_every_steps", self.log_every_steps,
+                 "use at least 1")
+        _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
+                 self.checkpoint_every_steps, "use 0 (epoch ends only) or a positive step count")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints,
+                 "keep at least 1 checkpoint so that runs can resume")
+
+
+def _require(ok: bool, field: str, value, fix: str) -> None:
+    if not ok:
+        raise ValueError(f"TrainConfig.{field}={value!r} is invalid: {fix}.")

@@ -1,0 +1,77 @@
+"""The pure train and eval steps: `(state, batch) -> (state, metrics)` and `(state, batch) -> metrics`.
+
+Both return device arrays only; nothing here waits for the device, so a loop can dispatch many
+steps ahead and read the metrics when it logs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cnn_jax.train.state import TrainState
+
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy against (optionally smoothed) one-hot targets."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(augment: Optional[Augment] = None, label_smoothing: float = 0.0):
+    """A train step with the augmentation and label smoothing closed over (jit it once).
+
+    The step's key is the state's rng folded with the step number, split into an augmentation
+    key and a dropout key, so a resumed run draws the same randomness as an uninterrupted one.
+    Metrics: mean loss and accuracy over the batch, the global gradient norm, and `finite`, true
+    while loss and gradients are free of NaN/Inf (read by the loop at log time).
+    """
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        augment_key, dropout_key = jax.random.split(state.step_key())
+        images, labels = batch["image"], batch["label"]
+        if augment is not None:
+            images = augment(augment_key, images)
+
+        def loss_fn(params):
+            variables = {**state.variables, "params": params}
+            logits, updates = state.apply_fn(variables, images, train=True,
+                                             mutable=["batch_stats"],
+                                             rngs={"dropout": dropout_key})
+            loss = cross_entropy(logits, labels, label_smoothing).mean()
+            return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        grad_norm = optax.global_norm(grads)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "grad_norm": grad_norm,
+            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        }
+        return state.apply_gradients(grads, batch_stats), metrics
+
+    return train_step
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+    """Sums over the real (mask == 1) examples of a batch, plus every example's prediction.
+
+    Returns `correct` and `loss` (sums), `count` (real examples) and `predictions` (argmax of
+    the logits, for confusion matrices; padded rows included, drop them with the mask).
+    """
+    logits = state.apply_fn(state.variables, batch["image"], train=False)
+    predictions = jnp.argmax(logits, -1).astype(jnp.int32)
+    mask = batch["mask"]
+    return {
+        "correct": jnp.sum((predictions == batch["label"]) * mask),
+        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+        "count": jnp.sum(mask),
+        "predictions": predictions,
+    }
