@@ -34,22 +34,24 @@ class ResidualBlock(nn.Module):
     shortcut: str = "projection"
     padding_mode: str = "symmetric"
     zero_init_residual: bool = False
+    bn_momentum: float = 0.9
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         if self.shortcut not in SHORTCUTS:
             raise ValueError(f"unknown shortcut {self.shortcut!r}: use one of {SHORTCUTS}")
+        unit = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
         residual = x
-        y = ConvBN(self.features, 3, self.strides, self.padding_mode, dtype=self.dtype, name="conv1")(x, train)
-        y = ConvBN(self.features, 3, 1, self.padding_mode, activation=None, dtype=self.dtype, name="conv2",
-                   bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones)(y, train)
+        y = ConvBN(self.features, 3, self.strides, self.padding_mode, name="conv1", **unit)(x, train)
+        y = ConvBN(self.features, 3, 1, self.padding_mode, activation=None, name="conv2",
+                   bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
+                   **unit)(y, train)
         if self.strides != 1 or x.shape[-1] != self.features:
             if self.shortcut == "pad":
                 residual = _parameter_free_shortcut(x, self.features, self.strides).astype(y.dtype)
             else:
-                residual = ConvBN(self.features, 1, self.strides, activation=None, dtype=self.dtype,
-                                  name="shortcut")(x, train)
+                residual = ConvBN(self.features, 1, self.strides, activation=None, name="shortcut", **unit)(x, train)
         return nn.relu(y + residual)
 
 
@@ -57,7 +59,7 @@ class Bottleneck(nn.Module):
     """1x1 reduce -> 3x3 -> 1x1 expand (x ``expansion``) plus a projection shortcut: the ResNet-50 unit.
 
     ``stride_on="3x3"`` is torchvision's ResNet v1.5; ``"1x1"`` the original (and Keras) ResNet v1. Keras convs
-    carry biases and BN epsilon 1.001e-5: set ``use_bias`` and ``bn_epsilon`` to match it.
+    carry biases, BN epsilon 1.001e-5 and momentum 0.99: set ``use_bias``, ``bn_epsilon`` and ``bn_momentum``.
     """
     features: int
     strides: int = 1
@@ -65,6 +67,7 @@ class Bottleneck(nn.Module):
     stride_on: str = "3x3"
     use_bias: bool = False
     bn_epsilon: float = 1e-5
+    bn_momentum: float = 0.9
     padding_mode: str = "symmetric"
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
@@ -73,7 +76,7 @@ class Bottleneck(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         if self.stride_on not in ("3x3", "1x1"):
             raise ValueError(f"stride_on must be '3x3' (torchvision) or '1x1' (Keras), got {self.stride_on!r}")
-        unit = dict(use_bias=self.use_bias, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
+        unit = dict(use_bias=self.use_bias, bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum, dtype=self.dtype)
         out = self.features * self.expansion
         s1, s3 = (1, self.strides) if self.stride_on == "3x3" else (self.strides, 1)
         y = ConvBN(self.features, 1, s1, name="conv1", **unit)(x, train)
