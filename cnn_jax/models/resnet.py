@@ -47,9 +47,8 @@ class ImageNetResNet(nn.Module):
     global average pool, Dense. ``block`` is "basic" (ResNet-18/34) or "bottleneck" (ResNet-50, 4x expansion).
 
     ``stride_on``, ``use_bias``, ``bn_epsilon`` and ``bn_momentum`` select torchvision's v1.5 or Keras' v1
-    bottleneck. ``bgr`` flips
-    the channels of the RGB input before ``Normalize`` (whose mean/std are then in BGR order), for weights trained on
-    BGR pixels; callers always feed RGB in [0, 1].
+    bottleneck. ``bgr`` flips the channels of the RGB input before ``Normalize`` (whose mean/std are then in BGR
+    order), for weights trained on BGR pixels; callers always feed RGB in [0, 1].
     """
     num_classes: int
     stage_sizes: Sequence[int]
