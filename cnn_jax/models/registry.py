@@ -49,7 +49,7 @@ def model_spec(name: str) -> ModelSpec:
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Builds the zoo model ``name`` with a ``num_classes``-way head; kwargs go to its builder (e.g. ``dtype``)."""
     spec = model_spec(name)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     return spec.build(num_classes, **kwargs)
 
