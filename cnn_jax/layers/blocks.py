@@ -42,7 +42,7 @@ class ResidualBlock(nn.Module):
         if self.shortcut not in SHORTCUTS:
             raise ValueError(f"unknown shortcut {self.shortcut!r}: use one of {SHORTCUTS}")
         unit = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
-        residual = x
+        residual = x.astype(self.dtype)
         y = ConvBN(self.features, 3, self.strides, self.padding_mode, name="conv1", **unit)(x, train)
         y = ConvBN(self.features, 3, 1, self.padding_mode, activation=None, name="conv2",
                    bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
@@ -84,7 +84,7 @@ class Bottleneck(nn.Module):
         y = ConvBN(out, 1, 1, activation=None, name="conv3",
                    bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
                    **unit)(y, train)
-        residual = x
+        residual = x.astype(self.dtype)
         if self.strides != 1 or x.shape[-1] != out:
             residual = ConvBN(out, 1, self.strides, activation=None, name="shortcut", **unit)(x, train)
         return nn.relu(y + residual)
@@ -98,6 +98,7 @@ class SqueezeExcite(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        x = x.astype(self.dtype)
         s = ops.global_avg_pool(x, keepdims=True)
         s = self.activation(Conv(self.reduced_features, 1, dtype=self.dtype, name="reduce")(s))
         s = nn.sigmoid(Conv(x.shape[-1], 1, dtype=self.dtype, name="expand")(s))

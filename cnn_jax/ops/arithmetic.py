@@ -31,6 +31,8 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: padding_l
         lo = hi = padding
     else:
         lo, hi = padding
+    if min(lo, hi) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
     out = (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
     if out < 1:
         raise ValueError(f"a kernel of {kernel} (dilation {dilation}) does not fit an input of {size} padded by {(lo, hi)}")

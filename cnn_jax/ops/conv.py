@@ -29,6 +29,7 @@ def _explicit_padding(x, kernel, stride, padding, dilation):
     strides = padding_lib.pair(stride, "stride")
     dilations = padding_lib.pair(dilation, "dilation")
     pads, mode = padding_lib.resolve(padding, x.shape[1:3], kernel.shape[:2], strides, dilations)
+    padding_lib.check_fits(x.shape[1:3], kernel.shape[:2], strides, dilations, pads)
     return strides, dilations, pads, mode
 
 

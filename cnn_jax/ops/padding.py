@@ -61,6 +61,15 @@ def resolve(padding: PaddingLike, sizes, kernels, strides, dilations=(1, 1)):
     return pads, "zeros"
 
 
+def check_fits(sizes, kernels, strides, dilations, pads) -> None:
+    """Raises when a kernel (or pool window) is larger than the padded input along an axis."""
+    for size, kernel, dilation, (lo, hi) in zip(sizes, kernels, dilations, pads):
+        effective = (kernel - 1) * dilation + 1
+        if size + lo + hi < effective:
+            raise ValueError(f"a window of {kernel} (dilation {dilation}) does not fit an input of {size} "
+                             f"padded by {(lo, hi)}: use a smaller kernel, more padding, or larger images")
+
+
 def apply(x: jnp.ndarray, pads, mode: str, value=0.0) -> jnp.ndarray:
     """Pads the spatial axes of an NHWC array explicitly."""
     width = ((0, 0), *pads, (0, 0))

@@ -19,6 +19,7 @@ def _setup(x, window, stride, padding):
     window = padding_lib.pair(window, "window")
     stride = window if stride is None else padding_lib.pair(stride, "stride")
     pads, mode = padding_lib.resolve(padding, x.shape[1:3], window, stride)
+    padding_lib.check_fits(x.shape[1:3], window, stride, (1, 1), pads)
     return window, stride, pads, mode
 
 
@@ -26,8 +27,6 @@ def _tiles(x, window):
     """Crops the ragged edge and splits H and W into (blocks, window) axes."""
     (wh, ww), (n, h, w, c) = window, x.shape
     oh, ow = h // wh, w // ww
-    if oh < 1 or ow < 1:
-        raise ValueError(f"pooling window {window} is larger than the input {(h, w)}")
     return x[:, :oh * wh, :ow * ww].reshape(n, oh, wh, ow, ww, c)
 
 
