@@ -1,0 +1,192 @@
+"""Reads PyTorch ``torch.save`` state dicts into numpy arrays, without torch and without running pickled code.
+
+``torch.save`` writes one of two layouts (``torch/serialization.py``):
+  zip (PyTorch >= 1.6): ``<archive>/data.pkl`` holds the state dict pickle, ``<archive>/data/<key>`` each storage's
+    raw bytes, ``<archive>/byteorder`` "little" or "big";
+  legacy stream: pickles of a magic number, the protocol version (1001) and system info, then the state dict
+    pickle, then a pickle of the storage keys, then each storage as an int64 element count followed by its bytes.
+In both, the state dict pickle names storages by persistent id ``("storage", torch.<Type>Storage, key, location,
+numel[, view])`` and rebuilds each tensor with ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
+...)``. The unpickler here resolves exactly those globals (plus ``collections.OrderedDict``) to numpy and refuses
+every other one, so a file cannot make loading run code.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import zipfile
+from typing import Any, BinaryIO, Callable, Dict, NamedTuple, Optional, Tuple
+
+import ml_dtypes
+import numpy as np
+
+from cnn_jax.pretrained.errors import CorruptWeightsError, PretrainedError, UnsafeWeightsError, WeightsNotFoundError
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _StorageType(NamedTuple):
+    """What ``torch.<Type>Storage`` unpickles to here: the element dtype."""
+    dtype: np.dtype
+
+
+class _Storage:
+    """A storage's elements; the legacy layout supplies its bytes after the pickle that refers to it."""
+
+    def __init__(self, dtype: np.dtype, numel: int):
+        self.dtype, self.numel = dtype, numel
+        self.data: Optional[np.ndarray] = None
+
+    def fill(self, raw: bytes, what: str) -> None:
+        if len(raw) != self.numel * self.dtype.itemsize:
+            raise CorruptWeightsError(f"{what} holds {len(raw)} bytes, not the {self.numel} elements of "
+                                      f"{self.dtype} its header announces: the file is truncated or corrupt")
+        self.data = np.frombuffer(raw, self.dtype)
+
+
+class _Tensor(NamedTuple):
+    """A tensor as ``_rebuild_tensor_v2`` describes it: a strided view into a storage."""
+    storage: _Storage
+    offset: int
+    shape: Tuple[int, ...]
+    stride: Tuple[int, ...]
+
+    def to_numpy(self) -> np.ndarray:
+        data = self.storage.data
+        if data is None:
+            raise CorruptWeightsError("a tensor refers to a storage whose bytes the file does not contain")
+        if 0 in self.shape:
+            return np.zeros(self.shape, data.dtype)
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
+        if self.offset < 0 or min(self.stride, default=0) < 0 or last >= data.size:
+            raise CorruptWeightsError(f"a tensor of shape {self.shape} reaches past its storage of {data.size} "
+                                      "elements: the file is corrupt")
+        strides = tuple(s * data.itemsize for s in self.stride)
+        return np.lib.stride_tricks.as_strided(data[self.offset:], self.shape, strides).copy()
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                       metadata=None) -> _Tensor:
+    del requires_grad, backward_hooks, metadata  # autograd state: meaningless for stored weights
+    return _Tensor(storage, int(storage_offset), tuple(size), tuple(stride))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals a tensor state dict needs; ``load_storage`` answers persistent ids."""
+
+    def __init__(self, file: BinaryIO, load_storage: Callable[[tuple], _Storage]):
+        super().__init__(file)
+        self._load_storage = load_storage
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor_v2
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(np.dtype(STORAGE_DTYPES[name]))
+        raise UnsafeWeightsError(
+            f"it pickles {module}.{name}, which a tensor state dict never needs (allowed: collections.OrderedDict, "
+            "torch._utils._rebuild_tensor_v2, torch.*Storage). Loading it could run arbitrary code, so it is "
+            "refused: save `model.state_dict()` with torch.save, or convert it to .safetensors")
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
+            raise CorruptWeightsError(f"unsupported persistent id {pid!r}: expected a state dict of tensors, "
+                                      "not a pickled module; save `model.state_dict()` instead")
+        if not isinstance(pid[1], _StorageType):
+            raise CorruptWeightsError(f"persistent id {pid!r} names no storage type")
+        return self._load_storage(pid)
+
+
+def _plain_load(file: BinaryIO) -> Any:
+    """A pickle of plain values (no globals, no storages), as the legacy header pickles are."""
+    return _RestrictedUnpickler(file, lambda pid: None).load()
+
+
+def _read_zip(path: str) -> Any:
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise CorruptWeightsError(f"it is a zip file but not a torch.save archive (expected one data.pkl, "
+                                      f"found {len(pickles)})")
+        prefix = pickles[0][:-len("data.pkl")]
+        if prefix + "byteorder" in archive.namelist() and archive.read(prefix + "byteorder") != b"little":
+            raise CorruptWeightsError("it was saved big-endian, which is not supported; re-save it on a "
+                                      "little-endian machine")
+        storages: Dict[str, _Storage] = {}
+
+        def load_storage(pid: tuple) -> _Storage:
+            _, storage_type, key, _, numel = pid[:5]
+            if key not in storages:
+                storages[key] = _Storage(storage_type.dtype, int(numel))
+                storages[key].fill(archive.read(f"{prefix}data/{key}"), f"storage {key}")
+            return storages[key]
+
+        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage).load()
+
+
+def _read_legacy(path: str) -> Any:
+    with open(path, "rb") as file:
+        if _plain_load(file) != LEGACY_MAGIC:
+            raise CorruptWeightsError("it is neither a torch.save zip archive nor a legacy torch.save file")
+        if _plain_load(file) != LEGACY_PROTOCOL:
+            raise CorruptWeightsError(f"unsupported legacy torch.save protocol (expected {LEGACY_PROTOCOL})")
+        if not _plain_load(file).get("little_endian", True):
+            raise CorruptWeightsError("it was saved big-endian, which is not supported; re-save it on a "
+                                      "little-endian machine")
+        storages: Dict[str, _Storage] = {}
+
+        def load_storage(pid: tuple) -> _Storage:
+            _, storage_type, key, _, numel, view = pid
+            if view is not None:
+                raise CorruptWeightsError("it stores views of storages, which this reader does not support; "
+                                          "re-save the state dict with a current torch.save")
+            return storages.setdefault(key, _Storage(storage_type.dtype, int(numel)))
+
+        state = _RestrictedUnpickler(file, load_storage).load()
+        for key in _plain_load(file):
+            storage = storages[key]
+            count = int.from_bytes(file.read(8), "little")
+            if count != storage.numel:
+                raise CorruptWeightsError(f"storage {key} announces {count} elements, its tensors {storage.numel}: "
+                                          "the file is truncated or corrupt")
+            storage.fill(file.read(count * storage.dtype.itemsize), f"storage {key}")
+        return state
+
+
+def _state_dict(state: Any) -> Dict[str, np.ndarray]:
+    if not isinstance(state, dict) or not state:
+        raise CorruptWeightsError(f"it holds a {type(state).__name__}, not a state dict (name -> tensor); "
+                                  "save `model.state_dict()`")
+    for key, value in state.items():
+        if not isinstance(value, _Tensor):
+            raise CorruptWeightsError(f"its entry {key!r} is a {type(value).__name__}, not a tensor: expected a "
+                                      "state dict (name -> tensor); save `model.state_dict()`")
+    return {key: value.to_numpy() for key, value in state.items()}
+
+
+def read_torch_file(path: str) -> Dict[str, np.ndarray]:
+    """The state dict in a ``torch.save`` file (zip or legacy layout) as {name: numpy array}.
+
+    Raises ``UnsafeWeightsError`` when the pickle asks for anything but tensors and ``CorruptWeightsError`` when the
+    file is truncated or not a state dict.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(f"{path} does not exist")
+    try:
+        return _state_dict(_read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path))
+    except PretrainedError as error:
+        raise type(error)(f"cannot load {path}: {error}") from None
+    except Exception as error:  # noqa: BLE001 -- any parse failure means the file is not a readable state dict
+        raise CorruptWeightsError(f"cannot read {path} as a PyTorch state dict ({type(error).__name__}: {error}); "
+                                  "it is truncated, corrupt or of another format: download it again") from error
