@@ -33,6 +33,7 @@ class TrainConfig:
         every epoch; 0 saves at epoch ends only.
       keep_checkpoints: how many of the latest checkpoints to keep for resuming.
       progress_bar: draw a one-line progress bar on stderr.
+      tensorboard: also write TensorBoard event files (imports TensorFlow, a few seconds).
     """
 
     epochs: int = 10
@@ -48,6 +49,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     progress_bar: bool = True
+    tensorboard: bool = True
 
     def __post_init__(self):
         _require(self.epochs >= 1, "epochs", self.epochs, "use at least 1 epoch")

@@ -1,6 +1,7 @@
 """The train state: everything that changes during training, as one pytree."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -49,15 +50,18 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     `image_shape` is one example's (H, W, C); the model is initialized in eval mode so that
     BatchNorm statistics start at their defaults.
     """
-    def init() -> TrainState:
-        params_key, dropout_key, state_key = jax.random.split(jax.random.key(seed), 3)
-        sample = jnp.zeros((1, *image_shape), jnp.float32)
-        variables = model.init({"params": params_key, "dropout": dropout_key}, sample,
-                               train=False)
-        params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}),
-                          opt_state=tx.init(params), rng=jax.random.key_data(state_key),
-                          apply_fn=model.apply, tx=tx)
+    init_key, state_key = jax.random.split(jax.random.key(seed))
+    variables = _init_variables(model, tuple(image_shape), init_key)
+    params = variables["params"]
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                       rng=jax.random.key_data(state_key), apply_fn=model.apply, tx=tx)
+    return state if sharding is None else jax.device_put(state, sharding)
 
-    return jax.jit(init, out_shardings=sharding)()
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_variables(model: nn.Module, image_shape: tuple, key: jax.Array) -> dict:
+    """The model's variables, compiled once per model and image shape."""
+    params_key, dropout_key = jax.random.split(key)
+    return model.init({"params": params_key, "dropout": dropout_key},
+                      jnp.zeros((1, *image_shape), jnp.float32), train=False)
