@@ -1,4 +1,4 @@
-"""The pure train and eval steps: `(state, batch) -> (state, metrics)` and `(state, batch) -> metrics`.
+"""The pure steps: train `(state, batch) -> (state, metrics)` and eval `(state, batch) -> metrics`.
 
 Both return device arrays only; nothing here waits for the device, so a loop can dispatch many
 steps ahead and read the metrics when it logs.

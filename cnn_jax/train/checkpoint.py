@@ -1,0 +1,122 @@
+"""Checkpoints with orbax: the latest N for resuming (and, kept apart, the best).
+
+A checkpoint holds the train state as nested dicts (`flax.serialization.to_state_dict`), so
+that it reads back into any TrainState of the same shapes. Orbax writes each step into a
+temporary directory and renames it when complete, so an interrupted save never shows up as a
+step; a checkpoint that is present but unreadable is reported and moved aside, and the one
+before it is used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import jax
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from cnn_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's arrays do not fit the train state it is restored into."""
+
+
+class Checkpointer:
+    """Saves and restores train states under `directory/<step>/`, keeping the latest few.
+
+    The best checkpoint is a Checkpointer of its own with `max_to_keep=1`, saved to only when
+    the validation accuracy improves.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                               cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_handlers=ocp.StandardCheckpointHandler())
+
+    def latest_step(self) -> Optional[int]:
+        return self._manager.latest_step()
+
+    def save(self, state: TrainState) -> None:
+        """Saves `state` at its step, in the background (`wait` or `close` to finish)."""
+        self._manager.save(int(state.step), args=ocp.args.StandardSave(
+            serialization.to_state_dict(state)), force=True)
+
+    def restore(self, target: TrainState) -> Optional[TrainState]:
+        """`target` with the arrays of the latest readable checkpoint, or None if there is none.
+
+        An unreadable checkpoint (cut short, corrupted) is reported and renamed to
+        `unreadable-<step>`, out of the way of new saves, and the one before it is tried.
+        Raises CheckpointMismatchError naming the differences when the checkpoint belongs to
+        another model or optimizer, and RuntimeError when checkpoints exist but none is readable.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        wanted = _shapes(serialization.to_state_dict(target))
+        for step in steps:
+            try:
+                saved = _shapes(getattr(self._manager.item_metadata(step), "tree", None) or {})
+                if not saved:
+                    raise ValueError("its metadata lists no arrays")
+            except Exception as error:  # noqa: BLE001 -- any failure to read means unreadable.
+                self._set_aside(step, error)
+                continue
+            _check_compatible(saved, wanted, f"{self.directory}/{step}")
+            try:
+                restored = self._manager.restore(step, args=ocp.args.StandardRestore(
+                    serialization.to_state_dict(target)))
+            except Exception as error:  # noqa: BLE001
+                self._set_aside(step, error)
+                continue
+            return serialization.from_state_dict(target, restored)
+        if steps:
+            raise RuntimeError(f"No readable checkpoint in {self.directory} (steps {steps}): "
+                               "delete that directory to start afresh, or use another workdir.")
+        return None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        aside = os.path.join(self.directory, f"unreadable-{step}")
+        log.warning("checkpoint %s/%d is unreadable (%s: %s); moved to %s, trying the one "
+                    "before it", self.directory, step, type(error).__name__, error, aside)
+        if jax.process_index() == 0:
+            os.replace(os.path.join(self.directory, str(step)), aside)
+        self._manager.reload()
+
+    def wait(self) -> None:
+        """Blocks until background saves are written."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _shapes(tree) -> dict:
+    """{"params/Conv_0/kernel": (shape, dtype name), ...} of a tree of arrays or metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): (tuple(leaf.shape),
+                                                                     str(leaf.dtype))
+            for path, leaf in leaves}
+
+
+def _check_compatible(saved: dict, wanted: dict, checkpoint: str) -> None:
+    """Raises CheckpointMismatchError listing the arrays whose names or shapes differ."""
+    problems = []
+    for name in sorted(saved.keys() | wanted.keys(), key=lambda n: (not n.startswith("params"), n)):
+        if name not in wanted:
+            problems.append(f"{name}: only in the checkpoint")
+        elif name not in saved:
+            problems.append(f"{name}: only in the model")
+        elif saved[name] != wanted[name]:
+            problems.append(f"{name}: checkpoint has shape {saved[name][0]} {saved[name][1]}, "
+                            f"the model {wanted[name][0]} {wanted[name][1]}")
+    if problems:
+        shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more"
+                                              if len(problems) > 5 else "")
+        raise CheckpointMismatchError(
+            f"The checkpoint {checkpoint} was written by a different model or optimizer "
+            f"({len(problems)} mismatches):\n  {shown}\nUse the same model and optimizer flags "
+            "as the run that wrote it, or a new workdir to start afresh.")

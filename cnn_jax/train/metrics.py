@@ -1,0 +1,146 @@
+"""Where training metrics go: `metrics.jsonl`, TensorBoard event files, and a progress bar.
+
+Nothing here touches the device: the loop reads device metrics at log time and passes floats.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricWriter:
+    """Appends records (flat dicts with a "step") to `workdir/metrics.jsonl` and TensorBoard.
+
+    Opening a workdir keeps only the records up to `resume_step` (the restored checkpoint's
+    step; 0 for a fresh run): what was logged after the last checkpoint is replayed by the
+    resumed run and would otherwise appear twice. `history` holds the kept records and every
+    record written since. Numbers go to TensorBoard as scalars named by their keys.
+
+    With `write=False` (the processes other than the first in a multi-host run) files are only
+    read: `history` is still kept, so every process makes the same decisions from it.
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True,
+                 write: bool = True):
+        path = os.path.join(workdir, METRICS_FILE)
+        self.history = [r for r in read_records(path) if r["step"] <= resume_step]
+        self._file = self._tensorboard = None
+        if write:
+            _write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.history))
+            self._file = open(path, "a", encoding="utf-8")
+            self._tensorboard = _TensorBoardWriter(workdir) if tensorboard else None
+
+    def write(self, record: dict) -> None:
+        """Writes one record: {"kind": "train" | "eval", "step": int, ...numbers}."""
+        self.history.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        if self._tensorboard is not None:
+            self._tensorboard.write(record["step"], {
+                key: value for key, value in record.items()
+                if key not in ("kind", "step", "epoch") and isinstance(value, (int, float))})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+class _TensorBoardWriter:
+    """Scalars as TensorBoard event files, through TensorFlow's core summary ops.
+
+    `tf.summary.scalar` needs the separate `tensorboard` package; `tf.summary.write` with the
+    scalars plugin's metadata writes the same events without it.
+    """
+
+    def __init__(self, workdir: str):
+        import tensorflow as tf  # Imported only here: nothing else in the engine needs it.
+        from tensorflow.core.framework import summary_pb2
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
+        self._metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    def write(self, step: int, scalars: dict) -> None:
+        with self._writer.as_default(step=step):
+            for tag, value in scalars.items():
+                self._tf.summary.write(tag, self._tf.constant(value, self._tf.float32),
+                                       metadata=self._metadata)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def read_records(path: str) -> list[dict]:
+    """The records of a metrics.jsonl file ([] if absent); a torn last line is dropped."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # A write cut short by a crash: everything after it is suspect.
+    return records
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, value) -> None:
+    """Writes `value` as indented JSON, atomically (a crash leaves the old file or the new)."""
+    _write_atomically(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+class ProgressBar:
+    """A one-line bar on stderr: step, loss, images per second and time left.
+
+    On a terminal the line redraws in place; otherwise (a log file) each update is a new line.
+    """
+
+    def __init__(self, total_steps: int, enabled: bool = True, stream=None, width: int = 24):
+        self._total = total_steps
+        self._enabled = enabled
+        self._stream = stream or sys.stderr
+        self._width = width
+        self._inline = self._stream.isatty()
+
+    def update(self, step: int, epoch: int, loss: float, images_per_sec: float,
+               steps_per_sec: float) -> None:
+        if not self._enabled:
+            return
+        filled = int(self._width * step / self._total)
+        bar = "#" * filled + "." * (self._width - filled)
+        eta = (self._total - step) / steps_per_sec if steps_per_sec > 0 else math.inf
+        line = (f"epoch {epoch} [{bar}] {step}/{self._total} loss {loss:.4f} "
+                f"{images_per_sec:,.0f} img/s ETA {_format_seconds(eta)}")
+        self._stream.write(("\r" + line + "\x1b[K") if self._inline else line + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._enabled and self._inline:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+

@@ -1,0 +1,161 @@
+"""End-to-end runs of the experiment scripts, as a user types them, on a few hundred images.
+
+They read the shared offline TFDS data when it is there ($TFDS_DATA_DIR, or ../shared next to
+the checkout) and a small generated TFDS dataset of random images otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.environ.get("TFDS_DATA_DIR") or os.path.join(
+    os.path.dirname(ROOT), "shared", "tensorflow_datasets")
+# Small and quick: a few hundred training images, no cache shared with other runs.
+SMALL = ["--num_train_examples=256", "--batch_size=32", "--log_every_steps=4",
+         "--compilation_cache_dir="]
+
+
+def write_generated_tfds(data_dir: str, name: str, num_train: int = 300,
+                         num_test: int = 100) -> str:
+    """Writes `name` (as tfds defines its features) with random images into `data_dir`."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    features = builder.info.features
+    rng = np.random.default_rng(0)
+
+    def example(i):
+        values = {}
+        for key, feature in features.items():
+            if isinstance(feature, tfds.features.Image):
+                values[key] = rng.integers(0, 256, feature.shape, dtype=np.uint8)
+            elif isinstance(feature, tfds.features.ClassLabel):
+                values[key] = int(rng.integers(0, feature.num_classes))
+            else:
+                values[key] = str(i)
+        return features.serialize_example(values)
+
+    os.makedirs(builder.data_dir, exist_ok=True)
+    splits = []
+    for split, count in (("train", num_train), ("test", num_test)):
+        template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name=name,
+                                                 split=split, filetype_suffix="tfrecord")
+        with tf.io.TFRecordWriter(os.fspath(template.sharded_filepath(shard_index=0,
+                                                                      num_shards=1))) as f:
+            for i in range(count):
+                f.write(example(i))
+        splits.append(tfds.core.SplitInfo(name=split, shard_lengths=[count], num_bytes=0,
+                                          filename_template=template))
+    builder.info.set_splits(tfds.core.SplitDict(splits))
+    builder.info.write_to_directory(builder.data_dir)
+    return data_dir
+
+
+def data_dir_for(name: str, tmp_path) -> str:
+    if os.path.isdir(os.path.join(SHARED_DATA, name)):
+        return SHARED_DATA
+    return write_generated_tfds(str(tmp_path / "tfds"), name)
+
+
+def experiment(script: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"experiments.{script}", *args]
+
+
+def run(command: list[str], timeout: int = 240, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_vars,
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_workdir(workdir, epochs: int, flags: dict) -> dict:
+    """The files every run leaves, and that they agree with each other; returns results.json."""
+    for path in ("flags.json", "results.json", "metrics.jsonl", "checkpoints", "tensorboard",
+                 "figures/training_curves.png", "figures/confusion_matrix.png",
+                 "figures/per_class_accuracy.png", "figures/predictions.png"):
+        assert (workdir / path).exists(), path
+    with open(workdir / "results.json") as f:
+        results = json.load(f)
+    assert {"test_accuracy", "per_class_accuracy", "wall_time_s", "train_images_per_sec",
+            "flags"} <= results.keys()
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and len(results["per_class_accuracy"]) == 10
+    assert results["wall_time_s"] > 0 and results["train_images_per_sec"] > 0
+    assert {k: results["flags"][k] for k in flags} == flags
+    with open(workdir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["epoch"] for r in records if r["kind"] == "eval"] == list(range(1, epochs + 1))
+    assert results["test_accuracy"] == records[-1]["test_accuracy"]
+    return results
+
+
+def test_mnist_script_end_to_end(tmp_path):
+    workdir = tmp_path / "mnist"
+    proc = run(experiment("mnist", f"--workdir={workdir}", "--epochs=1",
+                          f"--data_dir={data_dir_for('mnist', tmp_path)}", *SMALL))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = check_workdir(workdir, 1, {"model": "simple_cnn", "num_train_examples": 256})
+    assert "test accuracy" in proc.stdout
+    if results["flags"]["data_dir"] == SHARED_DATA:  # Real digits: even 8 steps learn something.
+        assert results["test_accuracy"] > 0.5
+
+
+def test_cifar10_script_end_to_end_with_validation(tmp_path):
+    workdir = tmp_path / "cifar10"
+    proc = run(experiment("cifar10", f"--workdir={workdir}", "--epochs=1", "--warmup_epochs=0.5",
+                          "--model=mlp",
+                          "--validation_fraction=0.1", "--half_precision",
+                          f"--data_dir={data_dir_for('cifar10', tmp_path)}", *SMALL))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = check_workdir(workdir, 1, {"model": "mlp", "half_precision": True,
+                                         "augment": ["crop", "flip"]})
+    assert results["best_step"] == 8 and os.listdir(workdir / "best")
+
+
+def test_killed_run_resumes_with_the_same_command(tmp_path):
+    """kill -9 mid-training, then the same command again: it resumes and completes.
+
+    That a resumed run ends with the parameters of an uninterrupted one is tested in-process in
+    test_train.py; this test adds a real crash, with checkpoint writes possibly cut short.
+    """
+    data_dir = write_generated_tfds(str(tmp_path / "tfds"), "mnist", num_train=320)
+    workdir = tmp_path / "killed"
+    command = experiment("mnist", f"--workdir={workdir}", f"--data_dir={data_dir}", "--epochs=4",
+                         "--batch_size=16", "--checkpoint_every_steps=5", "--log_every_steps=5",
+                         f"--compilation_cache_dir={tmp_path / 'xla'}")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stderr:
+            if "epoch 1/4" in line:  # Logged right after the first epoch's evaluation.
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (workdir / "results.json").exists()
+
+    resumed = run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stderr
+    check_workdir(workdir, 4, {"epochs": 4})
+    with open(workdir / "metrics.jsonl") as f:
+        steps = [(r["kind"], r["step"]) for r in map(json.loads, f)]
+    assert len(steps) == len(set(steps)) and steps[-1] == ("eval", 80)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--learning_rate=-1", "TrainConfig.learning_rate=-1.0 is invalid: use a positive"),
+    ("--model=resnet_9000", "unknown model 'resnet_9000'; choose one of: "),
+    ("--batch_size=12", "--batch_size 12 is not divisible by the 8 devices: use a multiple of 8"),
+])
+def test_bad_flags_get_one_clear_message_before_reading_data(tmp_path, flag, message):
+    proc = run(experiment("mnist", f"--workdir={tmp_path}", "--data_dir=/nonexistent", flag),
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    assert proc.returncode == 1
+    assert message in proc.stderr and "Traceback" not in proc.stderr

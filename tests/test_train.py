@@ -1,0 +1,350 @@
+"""Tests of the training engine (cnn_jax.train) on a tiny CNN and generated images."""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_jax import data
+from cnn_jax.train import (
+    CheckpointMismatchError, Checkpointer, TrainConfig, TrainingDiverged, create_train_state,
+    cross_entropy, make_optimizer, make_schedule, make_train_step, train_and_evaluate)
+from cnn_jax.train.metrics import ProgressBar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 4
+# Engine settings the loop tests share: quiet, no TensorFlow import, checkpoints mid-epoch.
+QUIET = dict(progress_bar=False, tensorboard=False, log_every_steps=4)
+
+
+class TinyCNN(nn.Module):
+    """Conv -> BatchNorm -> ReLU -> dropout -> Dense: every kind of variable and randomness."""
+    features: int = 8
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(self.features, (3, 3))(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+        x = nn.Dropout(0.1, deterministic=not train)(x.reshape(x.shape[0], -1))
+        return nn.Dense(NUM_CLASSES)(x)
+
+
+def tiny_dataset(num_train=160, num_test=40, batch_size=16, validation_fraction=0.0):
+    """8x8 gray images whose class sets which quadrant is bright: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = rng.integers(0, NUM_CLASSES, n)
+        images = rng.integers(0, 60, (n, 8, 8, 1))
+        for i, label in enumerate(labels):
+            row, col = divmod(int(label), 2)
+            images[i, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 150
+        return images.astype(np.uint8), labels
+
+    config = data.DataConfig("tiny", batch_size=batch_size, eval_batch_size=16,
+                             validation_fraction=validation_fraction)
+    return data.from_arrays(config, ["a", "b", "c", "d"], split(num_train), split(num_test))
+
+
+class FaultyDataset:
+    """A dataset whose training batches go wrong at one global step (1-based)."""
+
+    def __init__(self, dataset, at_step: int, fault: str):
+        self._dataset, self._at_step, self._fault = dataset, at_step, fault
+        self.info, self.steps_per_epoch = dataset.info, dataset.steps_per_epoch
+
+    def train_batches(self, epoch, start_step=0):
+        for i, batch in enumerate(self._dataset.train_batches(epoch, start_step)):
+            if epoch * self.steps_per_epoch + start_step + i + 1 == self._at_step:
+                if self._fault == "interrupt":
+                    raise KeyboardInterrupt("simulated interruption")
+                batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+            yield batch
+
+    def eval_batches(self, split):
+        return self._dataset.eval_batches(split)
+
+
+def final_params(workdir: str, config: TrainConfig, dataset) -> dict:
+    """The parameters of the latest checkpoint in `workdir`, flattened by path."""
+    target = create_train_state(TinyCNN(), make_optimizer(config, dataset.steps_per_epoch),
+                                dataset.info.image_shape, seed=123)
+    state = Checkpointer(os.path.join(workdir, "checkpoints"), 1).restore(target)
+    return flatten(state.params)
+
+
+def flatten(tree) -> dict:
+    return {jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def eval_records(workdir: str) -> list:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records
+            if r["kind"] == "eval"]
+
+
+# --- config, optimizer, loss -------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [
+    ("learning_rate", -0.1), ("learning_rate", float("nan")), ("epochs", 0),
+    ("optimizer", "rmsprop"), ("schedule", "step"), ("momentum", 1.0),
+    ("label_smoothing", 1.0), ("weight_decay", -1e-4), ("keep_checkpoints", 0),
+    ("log_every_steps", 0), ("warmup_epochs", 10)])
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}=.*invalid: .+"):
+        TrainConfig(**{"epochs": 10, field: value})
+
+
+def test_warmup_schedules_need_warmup():
+    with pytest.raises(ValueError, match="warmup_epochs.*schedule=onecycle"):
+        TrainConfig(schedule="onecycle", warmup_epochs=0)
+
+
+def test_schedules_rise_and_fall_where_configured():
+    peak, steps_per_epoch = 0.4, 10
+    for name in ("warmup_cosine", "onecycle"):
+        lr = make_schedule(TrainConfig(epochs=5, learning_rate=peak, schedule=name,
+                                       warmup_epochs=1), steps_per_epoch)
+        assert float(lr(0)) < 0.1 * peak
+        assert float(lr(10)) == pytest.approx(peak, rel=1e-3)
+        assert float(lr(49)) < 0.01 * peak
+        assert float(lr(5)) < float(lr(10)) > float(lr(30))
+    cosine = make_schedule(TrainConfig(epochs=5, learning_rate=peak), steps_per_epoch)
+    assert float(cosine(0)) == pytest.approx(peak) and float(cosine(50)) == pytest.approx(0)
+    constant = make_schedule(TrainConfig(epochs=5, learning_rate=peak, schedule="constant"),
+                             steps_per_epoch)
+    assert float(constant(37)) == pytest.approx(peak)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_weight_decay_shrinks_kernels_only(optimizer):
+    params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+              "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}
+    tx = make_optimizer(TrainConfig(optimizer=optimizer, learning_rate=0.1, momentum=0,
+                                    weight_decay=0.5, schedule="constant"), 10)
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["Dense_0"]["kernel"], 0.95, rtol=1e-6)
+    for leaf in (new["Dense_0"]["bias"], new["BatchNorm_0"]["scale"], new["BatchNorm_0"]["bias"]):
+        np.testing.assert_array_equal(leaf, 1.0)
+
+
+def test_cross_entropy_with_label_smoothing_matches_the_formula():
+    logits = jnp.array([[2.0, 0.5, -1.0, 0.0]])
+    smoothing = 0.2
+    targets = np.full(4, smoothing / 4)
+    targets[1] += 1 - smoothing
+    expected = -(targets * jax.nn.log_softmax(logits)[0]).sum()
+    np.testing.assert_allclose(cross_entropy(logits, jnp.array([1]), smoothing)[0], expected,
+                               rtol=1e-6)
+
+
+def test_progress_bar_shows_loss_speed_and_time_left():
+    stream = io.StringIO()  # Not a terminal: one line per update.
+    bar = ProgressBar(total_steps=100, stream=stream, width=10)
+    bar.update(step=40, epoch=2, loss=0.123456, images_per_sec=1234.5, steps_per_sec=2.0)
+    assert stream.getvalue() == "epoch 2 [####......] 40/100 loss 0.1235 1,234 img/s ETA 0:30\n"
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+def _flip(key, images):
+    """Random per-example horizontal flips, so that the augmentation key matters."""
+    return jnp.where(jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1)),
+                     images[:, :, ::-1], images)
+
+
+@functools.lru_cache()
+def _jitted_step(augment):
+    return jax.jit(make_train_step(augment), donate_argnums=0)
+
+
+def _train_steps(seed: int, batch: dict, steps: int, augment=None):
+    config = TrainConfig(optimizer="adam", learning_rate=1e-2, schedule="constant")
+    state = create_train_state(TinyCNN(), make_optimizer(config, 100), (8, 8, 1), seed)
+    step = _jitted_step(augment)
+    history = []
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+        history.append(jax.device_get(metrics))
+    return state, history
+
+
+def test_overfits_one_batch():
+    batch = next(tiny_dataset().train_batches(0))
+    batch["label"] = np.random.default_rng(1).integers(0, NUM_CLASSES, 16).astype(np.int32)
+    _, history = _train_steps(0, batch, 150)
+    assert history[0]["loss"] > 1.0
+    assert history[-1]["loss"] < 0.05 and history[-1]["accuracy"] == 1.0
+    assert all(m["finite"] for m in history)
+
+
+def test_same_seed_same_metrics_and_another_seed_differs():
+    batch = next(tiny_dataset().train_batches(0))
+    state_a, run_a = _train_steps(0, batch, 3, _flip)
+    state_b, run_b = _train_steps(0, batch, 3, _flip)
+    _, run_c = _train_steps(1, batch, 3, _flip)
+    assert [m["loss"] for m in run_a] == [m["loss"] for m in run_b]
+    jax.tree.map(np.testing.assert_array_equal, state_a.params, state_b.params)
+    assert run_a[-1]["loss"] != run_c[-1]["loss"]
+    assert int(state_a.step) == 3
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def _trained_state(seed=0, steps=2):
+    state, _ = _train_steps(seed, next(tiny_dataset().train_batches(0)), steps)
+    return state
+
+
+def test_checkpoint_round_trip_restores_identical_state(tmp_path):
+    state = _trained_state()
+    checkpoints = Checkpointer(str(tmp_path), max_to_keep=2)
+    checkpoints.save(state)
+    checkpoints.close()
+    fresh = _trained_state(seed=5, steps=1)
+    restored = Checkpointer(str(tmp_path), max_to_keep=2).restore(fresh)
+    saved_leaves, restored_leaves = flatten(state), flatten(restored)
+    assert saved_leaves.keys() == restored_leaves.keys()
+    for name in saved_leaves:
+        np.testing.assert_array_equal(restored_leaves[name], saved_leaves[name], err_msg=name)
+    assert int(restored.step) == 2 and restored.batch_stats
+
+
+def test_restoring_into_another_model_names_the_mismatch(tmp_path):
+    checkpoints = Checkpointer(str(tmp_path), max_to_keep=1)
+    checkpoints.save(_trained_state())
+    checkpoints.close()
+    config = TrainConfig(optimizer="adam", learning_rate=1e-2, schedule="constant")
+    wider = create_train_state(TinyCNN(features=16), make_optimizer(config, 100), (8, 8, 1), 0)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"params/Conv_0/kernel: checkpoint has shape \(3, 3, 1, 8\).*"
+                             r"\(3, 3, 1, 16\)(.|\n)*new workdir"):
+        Checkpointer(str(tmp_path), max_to_keep=1).restore(wider)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    checkpoints = Checkpointer(str(tmp_path), max_to_keep=3)
+    first = _trained_state(steps=1)
+    checkpoints.save(first)
+    checkpoints.save(_trained_state(steps=2))
+    checkpoints.close()
+    for folder, _, files in os.walk(tmp_path / "2"):
+        for name in files:
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(b"\x00garbage")
+    checkpoints = Checkpointer(str(tmp_path), max_to_keep=3)
+    with caplog.at_level(logging.WARNING, logger="cnn_jax.train.checkpoint"):
+        restored = checkpoints.restore(_trained_state(seed=7))
+    assert int(restored.step) == 1
+    np.testing.assert_array_equal(flatten(restored.params)["['Dense_0']['kernel']"],
+                                  flatten(first.params)["['Dense_0']['kernel']"])
+    assert "checkpoint" in caplog.text and "unreadable" in caplog.text
+    assert (tmp_path / "unreadable-2").is_dir()
+    checkpoints.save(_trained_state(steps=2))  # The resumed run can save its step 2 again.
+    checkpoints.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "unreadable-2"]
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+def test_interrupted_run_resumes_to_the_same_end(tmp_path, caplog):
+    dataset = tiny_dataset(validation_fraction=0.2)  # 128 train examples: 8 steps per epoch.
+    config = TrainConfig(epochs=2, learning_rate=0.05, checkpoint_every_steps=3, **QUIET)
+    whole = train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path / "whole"))
+
+    resumed_dir = str(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(TinyCNN(), FaultyDataset(dataset, 12, "interrupt"), config,
+                           resumed_dir)
+    with caplog.at_level(logging.INFO, logger="cnn_jax.train.loop"):
+        resumed = train_and_evaluate(TinyCNN(), dataset, config, resumed_dir)
+    assert "resuming from step 9" in caplog.text  # Mid-epoch: 8 steps per epoch.
+
+    a, b = final_params(str(tmp_path / "whole"), config, dataset), final_params(resumed_dir,
+                                                                                config, dataset)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert eval_records(str(tmp_path / "whole")) == eval_records(resumed_dir)
+    assert resumed["test_accuracy"] == whole["test_accuracy"] > 0.5
+    with open(os.path.join(resumed_dir, "metrics.jsonl")) as f:
+        steps = [(r["kind"], r["step"]) for r in map(json.loads, f)]
+    assert len(steps) == len(set(steps)), "records logged before the interruption repeat"
+    assert os.listdir(os.path.join(resumed_dir, "best"))  # Validation split -> best/ kept.
+
+
+def test_run_writes_results_metrics_and_figures(tmp_path):
+    dataset = tiny_dataset()
+    config = TrainConfig(epochs=1, learning_rate=0.05, log_every_steps=5, progress_bar=False)
+    results = train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path), flags={"model": "t"})
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f) == json.loads(json.dumps(results))
+    assert set(results["per_class_accuracy"]) == {"a", "b", "c", "d"}
+    assert results["flags"] == {"model": "t"} and results["train_images_per_sec"] > 0
+    assert results["steps"] == dataset.steps_per_epoch and "best_step" not in results
+    assert sorted(os.listdir(tmp_path / "figures")) == [
+        "confusion_matrix.png", "per_class_accuracy.png", "predictions.png",
+        "training_curves.png"]
+    assert os.listdir(tmp_path / "tensorboard")
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert [json.loads(line)["kind"] for line in f] == ["train", "train", "eval"]
+
+
+def test_divergence_stops_at_the_first_bad_step_keeping_good_checkpoints(tmp_path):
+    dataset = FaultyDataset(tiny_dataset(), 7, "nan")
+    config = TrainConfig(epochs=2, learning_rate=0.05, checkpoint_every_steps=3,
+                         keep_checkpoints=5, **{**QUIET, "log_every_steps": 100})
+    with pytest.raises(TrainingDiverged,
+                       match=r"NaN/Inf at step 7 (.|\n)*learning rate(.|\n)*checkpoint is step 6"):
+        train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path))
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [3, 6]
+    params = final_params(str(tmp_path), config, dataset)
+    assert all(np.isfinite(leaf).all() for leaf in params.values())
+
+
+def test_eight_devices_agree_with_one(tmp_path):
+    one = _run_for_device_test(str(tmp_path / "one"))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = str(tmp_path / "eight.npz")
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path / "eight"), out], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "devices 8" in proc.stdout
+    assert "batch size 12 is not divisible by the 8 devices: use a multiple of 8, such as 16" \
+        in proc.stdout
+    eight = dict(np.load(out))
+    assert one.keys() == eight.keys()
+    for name in one:
+        np.testing.assert_allclose(eight[name], one[name], rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+def _run_for_device_test(workdir: str) -> dict:
+    dataset = tiny_dataset()
+    config = TrainConfig(epochs=1, learning_rate=0.05, **QUIET)
+    train_and_evaluate(TinyCNN(), dataset, config, workdir)
+    return final_params(workdir, config, dataset)
+
+
+if __name__ == "__main__":  # The 8-device half of test_eight_devices_agree_with_one.
+    print("devices", jax.device_count())
+    np.savez(sys.argv[2], **_run_for_device_test(sys.argv[1]))
+    try:
+        train_and_evaluate(TinyCNN(), tiny_dataset(batch_size=12), TrainConfig(**QUIET),
+                           sys.argv[1] + "_odd")
+    except ValueError as error:
+        print(error)
