@@ -1,0 +1,185 @@
+"""Activation maximization (feature visualization): images optimized to excite a channel, a neuron or a class.
+
+Follows Olah et al. 2017, "Feature Visualization" (Distill) and its reference code, Lucid: the image lives in a
+decorrelated space, a Fourier spectrum scaled by 1 / frequency (and, for RGB, colours mixed by the square root of
+ImageNet's colour covariance) squashed by a sigmoid, so plain Adam steps make natural-looking images; every step
+sees the image randomly jittered, scaled and rotated, so only features robust to those survive; optional L2 and
+total-variation penalties pull towards gray, smooth images.
+"""
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cnn_jax.interpret.core import Array
+from cnn_jax.interpret.taps import tap
+
+KINDS = ("channel", "neuron", "logit")
+# Lucid's square root of ImageNet's RGB covariance (its ``color_correlation_svd_sqrt``), scaled so that its
+# largest column has unit norm.
+_COLOR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], np.float32)
+COLOR_CORRELATION = _COLOR_SQRT / np.max(np.linalg.norm(_COLOR_SQRT, axis=0))
+_SPECTRUM_INIT_STD = 0.01  # Lucid's initial spectrum scale
+_SPECTRUM_GAIN = 1 / 4  # Lucid's "magic" divisor, keeps the start near gray
+
+
+class Objective(NamedTuple):
+    """What to maximize, one index per image optimized together: the spatial mean of a channel of ``layer``, one
+    neuron of it (a channel at ``position``, the centre when None), or a class logit (``layer`` None)."""
+    kind: str
+    layer: Optional[str]
+    indices: Tuple[int, ...]
+    position: Optional[Tuple[int, int]] = None
+
+
+def _indices(index: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+    indices = (int(index),) if np.ndim(index) == 0 else tuple(int(i) for i in index)
+    if not indices or min(indices) < 0:
+        raise ValueError(f"give one or more non-negative channel or class indices, got {index!r}")
+    return indices
+
+
+def channel(layer: str, index: Union[int, Sequence[int]]) -> Objective:
+    """The mean over positions of channel ``index`` of ``layer`` (a sown name or module path)."""
+    return Objective("channel", layer, _indices(index))
+
+
+def neuron(layer: str, index: Union[int, Sequence[int]], position: Optional[Tuple[int, int]] = None) -> Objective:
+    """Channel ``index`` of ``layer`` at one ``(row, col)`` position (the centre by default); on a dense layer, the
+    unit ``index``."""
+    return Objective("neuron", layer, _indices(index), None if position is None else tuple(position))
+
+
+def class_logit(index: Union[int, Sequence[int]]) -> Objective:
+    """The logit of class ``index``."""
+    return Objective("logit", None, _indices(index))
+
+
+def objective_values(model: nn.Module, variables: Mapping, objective: Objective, images: Array) -> Array:
+    """The objective of each image, (len(objective.indices),): image i scored on ``objective.indices[i]``."""
+    if objective.kind not in KINDS:
+        raise ValueError(f"unknown objective kind {objective.kind!r}: use channel(), neuron() or class_logit()")
+    if images.shape[0] != len(objective.indices):
+        raise ValueError(f"{images.shape[0]} images for {len(objective.indices)} objective indices")
+    if objective.kind == "logit":
+        values = model.apply(variables, images)
+    else:
+        values = tap(model, variables, objective.layer)(images)[1]
+    if values.shape[-1] <= max(objective.indices):
+        raise ValueError(f"index {max(objective.indices)} is out of range for {values.shape[-1]} channels/classes")
+    if values.ndim == 4:
+        if objective.kind == "channel":
+            values = values.mean(axis=(1, 2))
+        else:
+            row, col = objective.position or (values.shape[1] // 2, values.shape[2] // 2)
+            values = values[:, row, col]
+    elif values.ndim != 2:
+        raise ValueError(f"layer {objective.layer!r} has shape {values.shape}; expected (N, h, w, C) or (N, C)")
+    indices = jnp.asarray(objective.indices)
+    return jnp.take_along_axis(values, indices[:, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+def _frequency_scale(height: int, width: int, decay: float) -> np.ndarray:
+    """1 / frequency ** decay on the rfft2 grid (the zero frequency counted as the lowest non-zero one), times
+    sqrt(pixels) so that the inverse FFT is unitary and pixel-scale learning rates work (as Lucid does)."""
+    frequency = np.sqrt(np.fft.fftfreq(height)[:, None] ** 2 + np.fft.rfftfreq(width)[None, :] ** 2)
+    scale = np.sqrt(height * width) / np.maximum(frequency, 1.0 / max(height, width)) ** decay
+    return scale.astype(np.float32)
+
+
+def _to_image(params: Array, image_shape: Tuple[int, int, int], decorrelate: bool, decay: float) -> Array:
+    """The images in [0, 1] a parameter array stands for."""
+    height, width, channels = image_shape
+    if not decorrelate:
+        return jax.nn.sigmoid(params)
+    spectrum = (params[..., 0] + 1j * params[..., 1]) * _frequency_scale(height, width, decay)
+    x = jnp.fft.irfft2(spectrum, s=(height, width)).transpose(0, 2, 3, 1) * _SPECTRUM_GAIN  # (B, H, W, C)
+    if channels == 3:
+        x = x @ COLOR_CORRELATION.T
+    return jax.nn.sigmoid(x)
+
+
+def _init_params(rng, batch: int, image_shape, decorrelate: bool) -> Array:
+    height, width, channels = image_shape
+    shape = (batch, channels, height, width // 2 + 1, 2) if decorrelate else (batch, height, width, channels)
+    return _SPECTRUM_INIT_STD * jax.random.normal(rng, shape, jnp.float32)
+
+
+def random_transform(rng, images: Array, jitter: float, scale: Tuple[float, float], degrees: float) -> Array:
+    """Each image shifted by up to ``jitter`` pixels, scaled by a factor in ``scale`` and rotated by up to
+    ``degrees`` about its centre: one bilinear resampling (edges reflected)."""
+    batch, height, width, _ = images.shape
+    k_angle, k_scale, k_shift = jax.random.split(rng, 3)
+    angle = jnp.deg2rad(jax.random.uniform(k_angle, (batch, 1, 1), minval=-degrees, maxval=degrees))
+    zoom = jax.random.uniform(k_scale, (batch, 1, 1), minval=scale[0], maxval=scale[1])
+    shift = jax.random.uniform(k_shift, (2, batch, 1, 1), minval=-jitter, maxval=jitter)
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    y, x = jnp.meshgrid(jnp.arange(height) - cy, jnp.arange(width) - cx, indexing="ij")
+    cos, sin = jnp.cos(angle), jnp.sin(angle)  # each output pixel reads the inverse-transformed source point
+    source_y = (cos * y - sin * x) / zoom + cy - shift[0]
+    source_x = (sin * y + cos * x) / zoom + cx - shift[1]
+
+    def resample(image, sy, sx):  # (H, W, C) -> (H, W, C)
+        def plane(p):
+            return jax.scipy.ndimage.map_coordinates(p, [sy, sx], order=1, mode="reflect")
+        return jax.vmap(plane, in_axes=2, out_axes=2)(image)
+
+    return jax.vmap(resample)(images, source_y, source_x)
+
+
+def total_variation(images: Array) -> Array:
+    """Mean absolute difference between neighbouring pixels, per image: (B,)."""
+    dy = jnp.abs(images[:, 1:] - images[:, :-1]).mean(axis=(1, 2, 3))
+    dx = jnp.abs(images[:, :, 1:] - images[:, :, :-1]).mean(axis=(1, 2, 3))
+    return dy + dx
+
+
+class Visualization(NamedTuple):
+    """Optimized ``images`` (B, H, W, C) in [0, 1], and the objective of each at every step, ``history`` (steps, B)
+    (measured on that step's transformed image)."""
+    images: Array
+    history: Array
+
+
+def activation_maximization(model: nn.Module, variables: Mapping, objective: Objective,
+                            image_shape: Tuple[int, int, int], rng: jax.Array, *, steps: int = 256,
+                            learning_rate: float = 0.05, decorrelate: bool = True, decay: float = 1.0,
+                            jitter: Optional[float] = None, scale: Tuple[float, float] = (0.9, 1.1),
+                            degrees: float = 10.0, l2: float = 0.0, tv: float = 0.0) -> Visualization:
+    """Optimizes one image per objective index with Adam to maximize
+    ``objective - l2 * mean((x - 0.5)^2) - tv * total_variation(x)`` under random transforms.
+
+    ``image_shape`` is (H, W, C) the model accepts. ``decorrelate`` selects the Fourier/colour parameterization
+    (else plain sigmoid pixels); ``decay`` is its 1 / frequency exponent. ``jitter`` is in pixels (default: a
+    sixteenth of the smaller side); ``jitter=0, scale=(1, 1), degrees=0`` turns the transforms off. Jittable with
+    the model, objective and shapes static.
+    """
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    height, width, _ = image_shape
+    jitter = max(1.0, min(height, width) / 16) if jitter is None else jitter
+    init_key, steps_key = jax.random.split(rng)
+    params = _init_params(init_key, len(objective.indices), image_shape, decorrelate)
+    optimizer = optax.adam(learning_rate)
+
+    def loss(params, key):
+        images = _to_image(params, image_shape, decorrelate, decay)
+        values = objective_values(model, variables, objective, random_transform(key, images, jitter, scale, degrees))
+        penalty = l2 * ((images - 0.5) ** 2).mean(axis=(1, 2, 3)) + tv * total_variation(images)
+        return (penalty - values).sum(), values
+
+    def step(carry, key):
+        params, state = carry
+        gradient, values = jax.grad(loss, has_aux=True)(params, key)
+        updates, state = optimizer.update(gradient, state, params)
+        return (optax.apply_updates(params, updates), state), values
+
+    (params, _), history = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(steps_key, steps))
+    return Visualization(_to_image(params, image_shape, decorrelate, decay), history)

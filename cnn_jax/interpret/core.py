@@ -1,0 +1,54 @@
+"""What every attribution method shares: the checks of its inputs, the score it differentiates, and batching.
+
+The contract (as PAIR-code ``saliency`` and Captum frame it): ``f`` maps a batch of images (N, H, W, C) to logits
+(N, K); ``targets`` names one class per image; a method explains ``f(images)[i, targets[i]]`` for every i at once.
+Images of a batch do not interact in an inference-mode network, so the gradient of the sum of the selected logits
+is every image's own gradient.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+LogitsFn = Callable[[Array], Array]
+
+
+def check_inputs(images: Array, targets, method: str) -> Array:
+    """Raises for inputs no method can explain; returns ``targets`` as an int32 array of shape (N,)."""
+    if images.ndim != 4:
+        raise ValueError(f"{method} expects NHWC images of rank 4, got shape {images.shape}; "
+                         "for one image use images[None]")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"{method} expects float images in [0, 1], got dtype {images.dtype}; "
+                         "convert uint8 pixels with images.astype('float32') / 255")
+    targets = jnp.asarray(targets)
+    if targets.shape != images.shape[:1] or not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise ValueError(f"{method} needs one integer class per image: targets of shape ({images.shape[0]},), got "
+                         f"{targets.dtype} of shape {targets.shape}; for one class t use jnp.full(n, t)")
+    return targets.astype(jnp.int32)
+
+
+def selected_logits(logits: Array, targets: Array) -> Array:
+    """``logits[i, targets[i]]`` for every i: (N, K) -> (N,)."""
+    if logits.ndim != 2 or logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"the model must map N images to logits of shape (N, K); got {logits.shape} for "
+                         f"{targets.shape[0]} images")
+    return jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
+
+
+def input_gradient(f: LogitsFn, images: Array, targets: Array) -> Array:
+    """d f(images)[i, targets[i]] / d images[i], for every image at once."""
+    return jax.grad(lambda x: selected_logits(f(x), targets).sum())(images)
+
+
+def map_over(fn: Callable, xs: Array, batch_size: Optional[int]) -> Array:
+    """``fn`` applied to every ``xs[k]``, stacked: all at once (``vmap``) when ``batch_size`` is None, else
+    ``batch_size`` at a time (``lax.map``), trading speed for memory."""
+    if batch_size is None:
+        return jax.vmap(fn)(xs)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None (all at once), got {batch_size}")
+    return jax.lax.map(fn, xs, batch_size=batch_size)
