@@ -11,7 +11,8 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
     """
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     if labels.shape != predictions.shape or labels.ndim != 1:
-        raise ValueError(f"labels and predictions must be 1-D of equal length, got {labels.shape} and {predictions.shape}")
+        raise ValueError(
+            f"labels and predictions must be 1-D of equal length, got {labels.shape} and {predictions.shape}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     for name, values in (("labels", labels), ("predictions", predictions)):

@@ -150,11 +150,11 @@ def test_bad_requests_get_clear_errors():
         _synthetic(image_size=(8, 8))
     dataset = _synthetic()
     with pytest.raises(ValueError, match="validation_fraction"):
-        next(dataset.eval_batches("validation"))
+        dataset.eval_batches("validation")
     with pytest.raises(ValueError, match="eval split"):
-        next(dataset.eval_batches("train"))
+        dataset.eval_batches("train")
     with pytest.raises(ValueError, match="start_step"):
-        next(dataset.train_batches(0, start_step=dataset.steps_per_epoch + 1))
+        dataset.train_batches(0, start_step=dataset.steps_per_epoch + 1)
     with pytest.raises(ValueError, match="labels"):
         data.from_arrays(data.DataConfig("x", batch_size=1), ("a",), _tagged_arrays(10))
 
@@ -224,10 +224,32 @@ def test_missing_dataset_offline_raises_one_clear_error_quickly(tmp_path, monkey
     assert "TFDS_DATA_DIR" in message and "--data_dir" in message and "tfds build mnist" in message
 
 
+def test_download_precheck_connects_once_to_each_http_host(monkeypatch):
+    from cnn_jax.data import tfds_source
+    calls = []
+
+    class FakeConnection:
+        def close(self):
+            pass
+
+    def connect(address, timeout):
+        calls.append(address)
+        if address[0] == "offline.example":
+            raise OSError("unreachable")
+        return FakeConnection()
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    tfds_source._check_reachable(["https://a.example/x.gz", "https://a.example/y.gz", "http://b.example:8080/z",
+                                  "gs://bucket/file"])
+    assert sorted(calls) == [("a.example", 443), ("b.example", 8080)]
+    with pytest.raises(OSError, match="unreachable"):
+        tfds_source._check_reachable(["https://offline.example/data.tar"])
+
+
 # ---- augmentation ----
 
-def _images(rng_seed, shape):
-    return jax.random.uniform(jax.random.key(rng_seed), shape)
+def _images(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).random(shape, dtype=np.float32))
 
 
 _jitted_crop = jax.jit(data.random_crop, static_argnums=2)
@@ -235,15 +257,16 @@ _jitted_flip = jax.jit(data.random_flip)
 _jitted_cutout = jax.jit(data.cutout, static_argnums=2)
 
 
-@settings(deadline=None, max_examples=10)
+@settings(deadline=None, max_examples=8)
 @given(shape=st.sampled_from([(1, 5, 7, 1), (3, 8, 8, 3), (2, 12, 6, 3)]),  # few shapes: few compiles
        padding=st.sampled_from([0, 1, 3]), size=st.sampled_from([1, 3, 6]), seed=st.integers(0, 2**16))
 def test_augmentations_keep_shape_dtype_and_range(shape, padding, size, seed):
     images = _images(seed, shape)
     key = jax.random.key(seed)
-    for out in (_jitted_crop(key, images, padding), _jitted_flip(key, images), _jitted_cutout(key, images, size)):
-        assert out.shape == images.shape and out.dtype == images.dtype
-        assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    for augmented in (_jitted_crop(key, images, padding), _jitted_flip(key, images), _jitted_cutout(key, images, size)):
+        assert augmented.shape == images.shape and augmented.dtype == images.dtype
+        values = np.asarray(augmented)
+        assert 0.0 <= values.min() and values.max() <= 1.0
 
 
 def test_crop_without_padding_is_identity_and_with_padding_a_shifted_window():
@@ -323,4 +346,4 @@ def test_prefetch_to_device_preserves_order_and_values():
         if kwargs:
             assert out[0]["image"].sharding == sharding
     with pytest.raises(ValueError, match="size"):
-        next(data.prefetch_to_device(iter(batches), size=0))
+        data.prefetch_to_device(iter(batches), size=0)

@@ -48,7 +48,8 @@ class DataConfig:
             raise ValueError(f"DataConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.image_size is not None:
             if len(self.image_size) != 2 or any(int(s) < 1 for s in self.image_size):
-                raise ValueError(f"DataConfig.image_size must be (height, width) of positive ints, got {self.image_size}")
+                raise ValueError(
+                    f"DataConfig.image_size must be (height, width) of positive ints, got {self.image_size}")
             object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
         if self.seed < 0:
             raise ValueError(f"DataConfig.seed must be >= 0, got {self.seed}")
@@ -71,7 +72,7 @@ class DatasetInfo:
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
-    return images.astype(np.float32) / np.float32(255)
+    return np.divide(images, np.float32(255), dtype=np.float32)
 
 
 class Dataset:
@@ -93,8 +94,11 @@ class Dataset:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step must be in [0, {self.steps_per_epoch}] (steps_per_epoch), got {start_step}")
+        order = np.random.default_rng((self.config.seed, _SHUFFLE_STREAM, epoch)).permutation(self.info.num_train)
+        return self._train_iterator(order, start_step)
+
+    def _train_iterator(self, order: np.ndarray, start_step: int) -> Iterator[dict]:
         images, labels = self._splits["train"]
-        order = np.random.default_rng((self.config.seed, _SHUFFLE_STREAM, epoch)).permutation(len(labels))
         size = self.config.batch_size
         for step in range(start_step, self.steps_per_epoch):
             index = order[step * size:(step + 1) * size]
@@ -109,7 +113,9 @@ class Dataset:
             raise ValueError(f"eval split must be one of {EVAL_SPLITS}, got {split!r}")
         if split == "validation" and self.info.num_validation == 0:
             raise ValueError("this dataset has no validation split; set DataConfig.validation_fraction > 0")
-        images, labels = self._splits[split]
+        return self._eval_iterator(*self._splits[split])
+
+    def _eval_iterator(self, images: np.ndarray, labels: np.ndarray) -> Iterator[dict]:
         size = self.config.resolved_eval_batch_size
         for start in range(0, len(labels), size):
             image, label = _to_float(images[start:start + size]), labels[start:start + size]

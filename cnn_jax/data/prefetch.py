@@ -17,6 +17,10 @@ def prefetch_to_device(batches: Iterator[dict], size: int = 2,
     """
     if size < 1:
         raise ValueError(f"prefetch size must be >= 1, got {size}")
+    return _prefetch(batches, size, sharding)
+
+
+def _prefetch(batches, size, sharding):
     queue = collections.deque()
     for batch in batches:
         queue.append(jax.device_put(batch, sharding))

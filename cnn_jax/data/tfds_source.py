@@ -6,12 +6,15 @@ code that needs only augmentation or batching.
 from __future__ import annotations
 
 import dataclasses
+import socket
+import urllib.parse
 from typing import Optional
 
 import numpy as np
 
 TESTED_DATASETS = ("mnist", "cifar10", "tf_flowers")
 _READ_CHUNK = 4096
+_CONNECT_TIMEOUT_S = 5.0
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -35,6 +38,23 @@ def _import_tfds():
     return tf, tfds
 
 
+def _check_reachable(urls, timeout_s: float = _CONNECT_TIMEOUT_S):
+    """Raises OSError unless every http(s) host in ``urls`` accepts a connection.
+
+    Offline, tfds's downloader retries each file with backoff for minutes before it gives up;
+    this check fails in seconds instead.
+    """
+    for host, port in sorted({_host_port(url) for url in urls} - {None}):
+        socket.create_connection((host, port), timeout=timeout_s).close()
+
+
+def _host_port(url: str):
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return None
+    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
 def _builder(tfds, name: str, data_dir: Optional[str]):
     """Returns a prepared builder, downloading once when allowed; every failure gets one clear error."""
     try:
@@ -46,6 +66,7 @@ def _builder(tfds, name: str, data_dir: Optional[str]):
     if builder.is_prepared():
         return builder
     try:
+        _check_reachable(builder.url_infos or {})
         builder.download_and_prepare()
     except Exception as err:  # offline, missing extras, interrupted: all mean "not available here".
         raise DatasetUnavailableError(
@@ -59,7 +80,8 @@ def _builder(tfds, name: str, data_dir: Optional[str]):
 def _check_features(builder, name: str, image_size) -> tuple[str, ...]:
     keys = builder.info.supervised_keys
     if keys is None or len(keys) != 2:
-        raise ValueError(f"dataset {name!r} has no (image, label) supervised keys; it is not an image classification dataset")
+        raise ValueError(
+            f"dataset {name!r} has no (image, label) supervised keys; it is not an image classification dataset")
     image, label = (builder.info.features[k] for k in keys)
     if len(image.shape) != 3:
         raise ValueError(f"dataset {name!r} images have shape {image.shape}; expected (height, width, channels)")
