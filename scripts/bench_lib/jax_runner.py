@@ -1,0 +1,38 @@
+"""cnn_jax's steps, as users run them: the training engine's jitted `train_step` (donated state,
+SGD from `make_optimizer`) and a jitted `model.apply(..., train=False)` for inference.
+
+The persistent compilation cache is switched off, so `compile_s` is always a cold compile.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bench_lib import LEARNING_RATE, MOMENTUM, SEED, RecordSpec, Runner, random_batch
+from cnn_jax import models
+from cnn_jax.train import TrainConfig, create_train_state, make_optimizer, make_train_step
+
+
+def build(spec: RecordSpec) -> Runner:
+    jax.config.update("jax_enable_compilation_cache", False)
+    model = models.get_model(spec.model, spec.num_classes)
+    config = TrainConfig(epochs=1, learning_rate=LEARNING_RATE, optimizer="sgd", momentum=MOMENTUM,
+                         schedule="constant", progress_bar=False, tensorboard=False)
+    state = create_train_state(model, make_optimizer(config, steps_per_epoch=1), spec.input_shape, SEED)
+    images, labels = (jnp.asarray(a) for a in random_batch(spec))
+    latest = {}
+
+    if spec.mode == "train":
+        train_step = jax.jit(make_train_step(), donate_argnums=0)
+        batch = {"image": images, "label": labels}
+        latest["state"] = state
+
+        def step():
+            latest["state"], _ = train_step(latest["state"], batch)
+    else:
+        infer = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+
+        def step():
+            latest["logits"] = infer(state.variables, images)
+
+    return Runner(step, lambda: jax.block_until_ready(latest))

@@ -1,0 +1,289 @@
+"""Training and inference speed of cnn_jax beside PyTorch eager and Keras 3 (TensorFlow backend), same models.
+
+    python scripts/benchmark.py --models=simple_cnn,resnet20 --frameworks=cnn_jax,torch,keras \\
+        --batch_size=128 --out=benchmark.json
+
+prints a table and writes `--out`: a JSON list of records with the keys `framework`, `model`, `mode` ("train" or
+"infer"), `batch_size`, `images_per_sec`, `compile_s`, `peak_mem_mb` and `flops_fraction`. The machine, the
+versions, the measured matmul speed and the model FLOPs go to the table's header and to `<out minus .json>.meta.json`.
+
+The models: `simple_cnn` (28x28x1, 10 classes) and `resnet20` (32x32x3, 10 classes) at `--batch_size`;
+`mobilenet_v2` and `resnet50` (224x224x3, 1000 classes) at `--batch_size_224`, smaller because an image at 224x224
+costs 8x (mobilenet_v2) to 100x (resnet50) the FLOPs of a resnet20 image. The same architecture runs in every
+framework: torch and Keras versions of simple_cnn and resnet20 are written out in `scripts/bench_lib/` to mirror
+cnn_jax's; mobilenet_v2 and resnet50 come from torchvision and `keras.applications` (weights=None). Every child process asserts that its model's trainable-parameter count
+equals cnn_jax's (for Keras' applications, that of cnn_jax's `variant="keras"`). One optimizer for all: SGD,
+momentum 0.9, learning rate 0.01, softmax cross-entropy on logits.
+
+How each framework runs (the path its users run):
+  cnn_jax  the training engine's own jitted `train_step` (`cnn_jax.train.make_train_step`, state donated) and a
+           jitted `model.apply(..., train=False)`; the persistent compilation cache is off, so compiles are cold.
+           XLA_FLAGS and other JAX settings in the environment apply.
+  torch    eager, NCHW, default threads; `zero_grad / cross_entropy / backward / step`, and `inference_mode`.
+  keras    `model.train_on_batch` / `predict_on_batch` on tf tensors, Keras' own compiled step functions;
+           `--keras_jit_compile` picks XLA (True; what Keras' "auto" picks on this backend) or a plain
+           `tf.function` graph over TensorFlow's oneDNN kernels (False, the default: the faster of the two in a
+           smoke comparison on the 2-core CPU, resnet20 at batch 32: 1.3-1.5x XLA's training throughput and half
+           its compile time; measured on a loaded machine, so worth rechecking with --keras_jit_compile).
+
+What is measured: each record (framework, model, mode) runs in its own child process (`bench_lib/worker.py`),
+so `peak_mem_mb` is that process's peak resident memory (`ru_maxrss`: the framework's imports, compiling, the
+model, the optimizer state and one step's activations). `compile_s` is the time of the first step, tracing and compiling
+included. `--warmup_steps` more steps run untimed; then rounds of `--steps` steps are timed until at least
+`--min_seconds` have passed, and `images_per_sec` is timed images over timed seconds. `flops_fraction` is the
+model FLOP/s achieved divided by the machine's float32 matmul FLOP/s, measured once per run with numpy (its BLAS,
+faster than XLA's dot on the 2-core CPU; a 2048x2048 product, best of 10). Model FLOPs per image come from XLA's
+cost analysis of the cnn_jax forward pass at batch 1: 2 FLOPs per multiply-add, where XLA counts a convolution's
+multiply-adds with real inputs only, not with its zero padding (so resnet20 has 74.8 MFLOPs, not the 81 of
+counting padding); Keras' applications use the `variant="keras"` model, whose ResNet-50 strides in a different
+conv. A train step counts 3x the forward pass (forward, input gradients, weight gradients), the usual convention.
+
+Run it on an otherwise idle machine: PyTorch's OpenMP threads wait for each other at every op, so when another
+process holds a core its throughput collapses (resnet20 training on the 2-core CPU under load: 30-75 images/s with
+2 threads, 170-180 with 1), and every other figure moves too. The default run (all four models, all three
+frameworks, both modes) takes about 25 minutes on the 2-core CPU (estimated from smoke runs under load), most of it
+cnn_jax's and torch's 224x224 training steps; `--steps=2 --warmup_steps=1 --min_seconds=0` makes a smoke run.
+
+A framework that is not installed is skipped with a note. A record that fails or runs past `--timeout_s` is
+reported, the others are still written, and the command exits with status 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from bench_lib import RecordSpec
+from bench_lib.plan import FRAMEWORKS, MODES, NUM_CLASSES, is_imagenet, plan
+from bench_lib.worker import RESULT_PREFIX
+from cnn_jax import models, ops
+
+SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+# The cnn_jax variant each framework's model mirrors (params to assert, FLOPs to count); default otherwise.
+VARIANTS = {("keras", "mobilenet_v2"): {"variant": "keras"}, ("keras", "resnet50"): {"variant": "keras"}}
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + input gradients + weight gradients
+MATMUL_SIZE, MATMUL_REPEATS = 2048, 10
+RECORD_KEYS = ("framework", "model", "mode", "batch_size", "images_per_sec", "compile_s", "peak_mem_mb",
+               "flops_fraction")
+VERSIONED = ("jax", "jaxlib", "flax", "numpy", "torch", "torchvision", "tensorflow", "tensorflow-cpu", "keras")
+
+_MODELS = flags.DEFINE_list("models", list(NUM_CLASSES), f"Models to run, from {', '.join(NUM_CLASSES)}.")
+_FRAMEWORKS = flags.DEFINE_list("frameworks", list(FRAMEWORKS), f"Frameworks to run, from {', '.join(FRAMEWORKS)}.")
+_MODES = flags.DEFINE_list("modes", list(MODES), "Modes to run: train, infer or both.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size of simple_cnn and resnet20 (28x28, 32x32 inputs).")
+_BATCH_SIZE_224 = flags.DEFINE_integer("batch_size_224", 16, "Batch size of mobilenet_v2 and resnet50 (224x224).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round; rounds repeat until --min_seconds have passed.")
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after the first (compiling) step.")
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 10.0, "Least timed seconds per record (0: one round of --steps).")
+_TIMEOUT_S = flags.DEFINE_float("timeout_s", 1200.0, "Seconds after which a record's child process is killed.")
+_KERAS_JIT_COMPILE = flags.DEFINE_boolean(
+    "keras_jit_compile", False, "Compile Keras' steps with XLA (True) or run them as TensorFlow graphs (False).")
+_OUT = flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON list of records.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What cnn_jax's model tells the benchmark about one (framework, model): trainable parameters, forward FLOPs
+    per image, and the input normalization the hand-written references copy."""
+    params: int
+    forward_flops: float
+    mean: tuple
+    std: tuple
+
+
+def check_flags() -> None:
+    """Raises a UsageError naming the bad flag and its valid values."""
+    for flag, valid in ((_MODELS, tuple(NUM_CLASSES)), (_FRAMEWORKS, FRAMEWORKS), (_MODES, MODES)):
+        unknown = [value for value in flag.value if value not in valid]
+        if unknown or not flag.value:
+            problem = f"unknown {', '.join(unknown)}" if unknown else "empty"
+            raise app.UsageError(f"--{flag.name}={','.join(flag.value)}: {problem}; choose from {', '.join(valid)}.")
+    for flag, least in ((_BATCH_SIZE, 1), (_BATCH_SIZE_224, 1), (_STEPS, 1), (_WARMUP_STEPS, 0),
+                        (_MIN_SECONDS, 0), (_TIMEOUT_S, 1)):
+        if flag.value < least:
+            raise app.UsageError(f"--{flag.name}={flag.value}: use at least {least}.")
+
+
+def matmul_flops_per_sec() -> float:
+    """float32 FLOP/s of a square numpy matmul (numpy's BLAS, all cores): the best of a few repeats."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.uniform(size=(MATMUL_SIZE, MATMUL_SIZE)).astype(np.float32) for _ in range(2))
+    a @ b  # warm the BLAS threads up
+    best = float("inf")
+    for _ in range(MATMUL_REPEATS):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * MATMUL_SIZE ** 3 / best
+
+
+@functools.lru_cache(maxsize=None)
+def reference(model_name: str, variant: tuple = ()) -> Reference:
+    """Parameters (jax.eval_shape) and forward FLOPs (XLA's cost analysis of the lowered forward pass at batch 1)
+    of cnn_jax's `model_name`; nothing is compiled or computed."""
+    model = models.get_model(model_name, NUM_CLASSES[model_name], **dict(variant))
+    image = jax.ShapeDtypeStruct((1, *models.model_spec(model_name).input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), image)
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    costs = forward.lower(variables, image).cost_analysis()
+    return Reference(ops.count_params(variables["params"]), float(costs["flops"]), tuple(model.mean),
+                     tuple(model.std))
+
+
+def reference_for(framework: str, model: str) -> Reference:
+    return reference(model, tuple(VARIANTS.get((framework, model), {}).items()))
+
+
+def run_record(spec: RecordSpec, timeout_s: float) -> tuple[Optional[dict], str]:
+    """Measures one record in a child process: its measurements, or None and why it failed."""
+    command = [sys.executable, "-m", "bench_lib.worker", json.dumps(dataclasses.asdict(spec))]
+    try:
+        child = subprocess.run(command, cwd=SCRIPTS_DIR, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, f"ran past --timeout_s={timeout_s:g}"
+    for line in child.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):]), ""
+    tail = [line for line in child.stderr.splitlines() if line.strip()][-5:]
+    return None, f"exit status {child.returncode}:\n    " + "\n    ".join(tail)
+
+
+def make_record(spec: RecordSpec, measured: dict, forward_flops: float, matmul_flops: float) -> dict:
+    """The JSON record: the child's measurements (to 4 significant digits) and the FLOPs fraction they reach."""
+    model_flops = forward_flops * (TRAIN_FLOPS_PER_FORWARD if spec.mode == "train" else 1)
+    values = {**measured, "flops_fraction": model_flops * measured["images_per_sec"] / matmul_flops}
+    return {"framework": spec.framework, "model": spec.model, "mode": spec.mode, "batch_size": spec.batch_size,
+            **{key: float(f"{values[key]:.4g}") for key in RECORD_KEYS[4:]}}
+
+
+def blas_name() -> str:
+    """The BLAS numpy's matmul runs on, as numpy's build records it."""
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas['name']} {blas.get('version', '')}".strip()
+    except (KeyError, TypeError, ValueError):
+        return "BLAS unknown"
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor() or platform.machine())
+    versions = {}
+    for package in VERSIONED:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions}
+
+
+def _read_lines(path: str) -> list:
+    try:
+        with open(path) as f:
+            return f.readlines()
+    except OSError:
+        return []
+
+
+def format_table(records: list, meta: dict) -> str:
+    """The records as a text table, under a header that says where and how they were measured."""
+    info = meta["machine"]
+    lines = [f"cnn_jax benchmark, {meta['date']}: {info['cpu']} ({info['cpu_count']} CPUs), {info['platform']}",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+             f"float32 matmul: {meta['matmul_gflops']:.1f} GFLOP/s ({meta['matmul_method']})",
+             f"model FLOPs: {meta['flops_method']}",
+             f"steps: first (compile_s), {meta['flags']['warmup_steps']} warmup, then rounds of "
+             f"{meta['flags']['steps']} timed for at least {meta['flags']['min_seconds']:g} s; "
+             f"keras jit_compile={meta['flags']['keras_jit_compile']}"]
+    torch_speed = {(r["model"], r["mode"]): r["images_per_sec"] for r in records if r["framework"] == "torch"}
+    header = ("framework", "model", "mode", "batch", "images/s", "vs torch", "compile s", "peak MB", "FLOPs frac")
+    rows = [header]
+    for r in records:
+        base = torch_speed.get((r["model"], r["mode"]))
+        rows.append((r["framework"], r["model"], r["mode"], str(r["batch_size"]), f"{r['images_per_sec']:.1f}",
+                     f"{r['images_per_sec'] / base:.2f}x" if base else "-", f"{r['compile_s']:.2f}",
+                     f"{r['peak_mem_mb']:.0f}", f"{r['flops_fraction']:.4f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+              for row in rows]
+    lines += [f"note: {note}" for note in meta["notes"]]
+    return "\n".join(lines)
+
+
+def meta_path(out: str) -> str:
+    return (out[:-len(".json")] if out.endswith(".json") else out) + ".meta.json"
+
+
+def record_spec(framework: str, model: str, mode: str) -> RecordSpec:
+    ref = reference_for(framework, model)
+    return RecordSpec(framework=framework, model=model, mode=mode,
+                      batch_size=_BATCH_SIZE_224.value if is_imagenet(model) else _BATCH_SIZE.value,
+                      num_classes=NUM_CLASSES[model], input_shape=models.model_spec(model).input_shape,
+                      expected_params=ref.params, mean=ref.mean, std=ref.std, steps=_STEPS.value,
+                      warmup_steps=_WARMUP_STEPS.value, min_seconds=_MIN_SECONDS.value,
+                      keras_jit_compile=_KERAS_JIT_COMPILE.value)
+
+
+def metadata(planned: list, matmul: float, notes: list) -> dict:
+    """Where, when and how the records were measured: the sidecar file and the table's header."""
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(["python", os.path.relpath(__file__)] + sys.argv[1:]),
+        "machine": machine(),
+        "matmul_gflops": matmul / 1e9,
+        "matmul_method": f"numpy {np.__version__} ({blas_name()}) float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul, "
+                         f"best of {MATMUL_REPEATS}",
+        "flops_method": "XLA cost analysis of the cnn_jax forward pass at batch 1 (padding not counted); train = "
+                        f"{TRAIN_FLOPS_PER_FORWARD} x forward",
+        "forward_gflops_per_image": {f"{f} {m}": reference_for(f, m).forward_flops / 1e9
+                                     for f, m in dict.fromkeys((f, m) for f, m, _ in planned)},
+        "flags": {flag.name: flag.value for flag in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])},
+        "notes": notes,
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
+    check_flags()
+    planned, notes = plan(_MODELS.value, _FRAMEWORKS.value, _MODES.value)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    matmul = matmul_flops_per_sec()
+    records, failures = [], 0
+    for framework, model, mode in planned:
+        spec = record_spec(framework, model, mode)
+        print(f"{framework} {model} {mode} (batch {spec.batch_size}) ...", file=sys.stderr, flush=True)
+        measured, error = run_record(spec, _TIMEOUT_S.value)
+        if measured is None:
+            failures += 1
+            notes.append(f"failed {framework} {model} {mode}: {error}")
+            print(f"  failed: {error}", file=sys.stderr)
+            continue
+        records.append(make_record(spec, measured, reference_for(framework, model).forward_flops, matmul))
+    meta = metadata(planned, matmul, notes)
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, "w") as f:
+        json.dump(records, f, indent=1)
+    with open(meta_path(_OUT.value), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(format_table(records, meta))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    app.run(main)

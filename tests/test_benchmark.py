@@ -1,0 +1,181 @@
+"""Tests of ``scripts/benchmark.py``: a smoke run of the command as users type it (simple_cnn at batch 8, a couple of
+steps, every installed framework) checked for the issue's JSON schema and sane values; the mirrored resnet20s'
+parameter counts; the skipping of frameworks that are not installed; and clear errors for bad flags. The speeds
+themselves are not asserted: they depend on the machine and on what else runs on it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")
+sys.path.insert(0, SCRIPTS)
+
+from bench_lib import RecordSpec, plan, random_batch  # noqa: E402
+
+KEYS = {"framework", "model", "mode", "batch_size", "images_per_sec", "compile_s", "peak_mem_mb", "flops_fraction"}
+SMOKE = ["--models=simple_cnn", "--batch_size=8", "--steps=2", "--warmup_steps=1", "--min_seconds=0",
+         "--timeout_s=150"]
+# simple_cnn's multiply-adds per 28x28 image: conv1 26*26*32*9, conv2 11*11*64*32*9, dense 1600*10 (VALID convs,
+# so XLA's count, which leaves out padding, has nothing to leave out).
+SIMPLE_CNN_MACS = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 32 * 9 + 1600 * 10
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, "benchmark.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """(completed process, records, metadata) of one smoke run over every installed framework."""
+    out = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
+    result = run_benchmark(*SMOKE, f"--out={out}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result, json.loads(out.read_text()), json.loads(out.with_name("benchmark.meta.json").read_text())
+
+
+def test_records_follow_the_issue_schema(smoke):
+    _, records, _ = smoke
+    installed, _ = plan.plan(["simple_cnn"], plan.FRAMEWORKS, plan.MODES)
+    assert [(r["framework"], r["model"], r["mode"]) for r in records] == installed
+    assert ("cnn_jax", "simple_cnn", "train") in installed
+    for record in records:
+        assert set(record) == KEYS
+        assert record["batch_size"] == 8 and isinstance(record["batch_size"], int)
+
+
+def test_values_are_positive_and_sane(smoke):
+    _, records, meta = smoke
+    for record in records:
+        name = f"{record['framework']} {record['mode']}"
+        assert math.isfinite(record["images_per_sec"]) and record["images_per_sec"] > 0, name
+        assert 0 < record["compile_s"] < 150, name
+        assert 50 < record["peak_mem_mb"] < 16_000, name  # a framework's imports alone take tens of MB
+        # simple_cnn at batch 8 is far from the matmul peak, however loaded the machine.
+        assert 0 < record["flops_fraction"] < 1, name
+    assert meta["matmul_gflops"] > 0.1
+
+
+def test_model_flops_match_the_analytic_count(smoke):
+    _, _, meta = smoke
+    gflops = meta["forward_gflops_per_image"]["cnn_jax simple_cnn"]
+    # 2 FLOPs per multiply-add, plus a few elementwise ops (normalize, bias, ReLU, pooling) per activation.
+    assert 2 * SIMPLE_CNN_MACS <= gflops * 1e9 <= 1.05 * 2 * SIMPLE_CNN_MACS
+
+
+def test_table_lists_every_record_under_a_header_with_the_machine(smoke):
+    result, records, meta = smoke
+    assert f"{meta['matmul_gflops']:.1f} GFLOP/s" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines()]
+    for record in records:
+        assert [record["framework"], "simple_cnn", record["mode"], "8"] in [row[:4] for row in rows]
+
+
+@pytest.fixture(scope="module")
+def resnet20_with_random_statistics():
+    """cnn_jax's resnet20 variables, all drawn at random (He-scaled kernels; BatchNorm scales, shifts and statistics
+    that at init would be 1s and 0s and hide a misplaced unit), two images, and cnn_jax's eval-mode logits."""
+    import jax
+    import numpy as np
+    from cnn_jax import models
+
+    model = models.get_model("resnet20", 10)
+    images = np.random.default_rng(1).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), images)  # compiles nothing
+    rng = np.random.default_rng(2)
+
+    def draw(path, leaf):
+        if path[-1].key == "kernel":
+            return (rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
+        low, high = (0.5, 1.5) if path[-1].key in ("scale", "var") else (-0.1, 0.1)
+        return rng.uniform(low, high, leaf.shape).astype(np.float32)
+    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+    return variables, images, np.asarray(logits)
+
+
+def conv_bn_units(variables):
+    """(HWIO kernel, BN scale, shift, mean, variance) of each ConvBN of cnn_jax's resnet20, in network order."""
+    names = ["stem"] + [f"stage{s}_block{b}" for s in (1, 2, 3) for b in range(3)]
+    for name in names:
+        for unit in ([()] if name == "stem" else [("conv1",), ("conv2",)]):
+            params, stats = variables["params"][name], variables["batch_stats"][name]
+            for key in unit:
+                params, stats = params[key], stats[key]
+            yield (params["conv"]["kernel"], params["bn"]["scale"], params["bn"]["bias"], stats["bn"]["mean"],
+                   stats["bn"]["var"])
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_reference_resnet20_mirrors_cnn_jax(framework, resnet20_with_random_statistics):
+    """The hand-written torch and Keras resnet20s, given cnn_jax's weights, give cnn_jax's logits: the same layers,
+    padding and option-A shortcuts. Their parameter counts are checked by `make_model` itself."""
+    runner = pytest.importorskip(f"bench_lib.{framework}_runner", reason=f"{framework} is not installed")
+    spec = RecordSpec(framework=framework, model="resnet20", mode="infer", batch_size=2, num_classes=10,
+                      input_shape=(32, 32, 3), expected_params=269_722, mean=(0.5,), std=(0.25,), steps=1,
+                      warmup_steps=0, min_seconds=0, keras_jit_compile=False)
+    model = runner.make_model(spec)
+    variables, images, expected = resnet20_with_random_statistics
+    head = variables["params"]["head"]["logits"]
+    if framework == "torch":
+        torch, nn = runner.torch, runner.nn
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        for conv, bn, (kernel, *norm) in zip(convs, bns, conv_bn_units(variables), strict=True):
+            conv.weight.data = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
+            for tensor, value in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), norm):
+                tensor.data = torch.from_numpy(value)
+        model.head.weight.data = torch.from_numpy(head["kernel"].T.copy())
+        model.head.bias.data = torch.from_numpy(head["bias"])
+        with torch.no_grad():
+            logits = model.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    else:
+        layers = runner.layers
+        convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+        bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+        for conv, bn, (kernel, *norm) in zip(convs, bns, conv_bn_units(variables), strict=True):
+            conv.set_weights([kernel])
+            bn.set_weights(norm)
+        model.get_layer(index=-1).set_weights([head["kernel"], head["bias"]])
+        logits = runner.np.asarray(model(images, training=False))
+    assert abs(logits - expected).max() <= 1e-4 * abs(expected).max()
+    with pytest.raises(AssertionError, match="architectures differ"):
+        runner.make_model(RecordSpec(**{**spec.__dict__, "expected_params": 269_721}))
+
+
+def test_a_missing_package_skips_its_records_with_a_note():
+    records, notes = plan.plan(["simple_cnn", "resnet50"], plan.FRAMEWORKS, ["train"],
+                               installed=lambda package: package != "torchvision")
+    assert ("torch", "simple_cnn", "train") in records and ("torch", "resnet50", "train") not in records
+    assert notes == ["skipped torch resnet50: torchvision not installed"]
+    records, notes = plan.plan(["simple_cnn"], plan.FRAMEWORKS, plan.MODES,
+                               installed=lambda package: package != "tensorflow")
+    assert {framework for framework, _, _ in records} == {"cnn_jax", "torch"}
+    assert notes == ["skipped keras simple_cnn: tensorflow not installed"]
+
+
+@pytest.mark.parametrize("flag, named", [("--models=resnet21", "resnet21"), ("--frameworks=mxnet", "mxnet"),
+                                         ("--batch_size=0", "batch_size")])
+def test_bad_flags_are_named_with_the_fix(flag, named):
+    result = run_benchmark(flag, "--out=/dev/null")
+    assert result.returncode != 0
+    assert named in result.stderr and ("choose from" in result.stderr or "at least" in result.stderr)
+
+
+def test_a_failed_record_is_reported_and_the_command_fails(tmp_path):
+    pytest.importorskip("keras", reason="keras is not installed")  # its import alone outlasts the 1 s limit
+    out = tmp_path / "benchmark.json"
+    result = run_benchmark("--models=simple_cnn", "--frameworks=keras", "--modes=infer", "--timeout_s=1",
+                           f"--out={out}")
+    assert result.returncode == 1
+    assert json.loads(out.read_text()) == []
+    notes = json.loads(out.with_name("benchmark.meta.json").read_text())["notes"]
+    assert notes == ["failed keras simple_cnn infer: ran past --timeout_s=1"]
+    assert "note: failed keras simple_cnn infer" in result.stdout
