@@ -172,6 +172,29 @@ def test_conv2d_matches_im2col_reference(case):
     np.testing.assert_allclose(conv(x, kernel, bias), reference(x, kernel, bias), **REORDERED)
 
 
+@given(st.sampled_from([1, 3, 4, 5]), st.integers(1, 2), st.sampled_from(["SAME", "VALID", "CIRCULAR", 1, ((0, 2), (1, 0))]),
+       st.integers(1, 2), st.integers(5, 9))
+def test_depthwise_conv2d_matches_reference_with_gradients(kernel_size, stride, padding, dilation, size):
+    """Depthwise convs take the shifted multiply-add path on CPU: values and both gradients equal im2col's."""
+    channels = 5
+    x = np.random.default_rng(size).normal(size=(2, size, size + 1, channels)).astype(np.float32)
+    kernel = np.random.default_rng(0).normal(size=(kernel_size, kernel_size, 1, channels)).astype(np.float32)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=channels)
+    assume((kernel_size - 1) * dilation + 1 <= size)
+    loss = lambda conv: jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k, **kwargs))), (0, 1)))
+    (value, grads), (expected, expected_grads) = loss(ops.conv2d)(x, kernel), loss(ops.conv2d_reference)(x, kernel)
+    np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
+    for grad, expected_grad in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad, expected_grad, **REORDERED)
+
+
+def test_depthwise_conv2d_lowers_to_no_convolution_on_cpu():
+    x, kernel = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 1, 4))
+    text = jax.jit(lambda x, k: ops.conv2d(x, k, groups=4)).lower(x, kernel).as_text()
+    assert "convolution" not in text
+    assert "convolution" in jax.jit(lambda x, k: ops.conv2d(x, k)).lower(x, jnp.zeros((3, 3, 4, 4))).as_text()
+
+
 @given(cases(paddings=st.just("SAME")))
 def test_conv2d_same_padding_is_xlas_same_padding(case):
     x, kernel, _ = case.arrays()
