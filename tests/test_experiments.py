@@ -145,8 +145,18 @@ def test_killed_run_resumes_with_the_same_command(tmp_path):
     assert "resuming from step" in resumed.stderr
     check_workdir(workdir, 4, {"epochs": 4})
     with open(workdir / "metrics.jsonl") as f:
-        steps = [(r["kind"], r["step"]) for r in map(json.loads, f)]
+        records = [json.loads(line) for line in f]
+    steps = [(r["kind"], r["step"]) for r in records]
     assert len(steps) == len(set(steps)) and steps[-1] == ("eval", 80)
+
+    # The same command never interrupted ends with the same evaluations, bit for bit on CPU.
+    uninterrupted = tmp_path / "uninterrupted"
+    straight = run([part.replace(str(workdir), str(uninterrupted)) for part in command])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    with open(uninterrupted / "metrics.jsonl") as f:
+        expected = [json.loads(line) for line in f]
+    evaluations = lambda rs: [{k: v for k, v in r.items() if k.startswith("test_")} for r in rs if r["kind"] == "eval"]
+    assert evaluations(records) == evaluations(expected)
 
 
 @pytest.mark.parametrize("flag,message", [
