@@ -3,10 +3,12 @@
 An experiment is a `Recipe` (its dataset and recommended defaults) plus two lines:
 `common.define_flags(RECIPE)` and `app.run(common.main)`. Every default can be overridden
 by its flag; the flags in force are stored in the workdir's `flags.json` and `results.json`.
+Every run ends by writing `<workdir>/export/` (`cnn_jax.export`), what inference needs.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -42,11 +44,18 @@ class Recipe:
 
 def define_flags(recipe: Recipe) -> None:
     """Defines the experiment flags with `recipe`'s values as defaults."""
+    flags.DEFINE_string("model", recipe.model, "Model name from the zoo (cnn_jax.models).")
+    flags.DEFINE_integer("image_size", None, "Resize images to this square size (aspect kept, "
+                         "centre cropped); default: the dataset's own size.")
+    define_engine_flags(recipe)
+
+
+def define_engine_flags(recipe: Recipe) -> None:
+    """The flags of data, training and bookkeeping, which every experiment shares."""
     from cnn_jax.train import OPTIMIZERS, SCHEDULES
 
     flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, figures, "
-                        "results. Rerunning with the same workdir resumes.", required=True)
-    flags.DEFINE_string("model", recipe.model, "Model name from the zoo (cnn_jax.models).")
+                        "results, export. Rerunning with the same workdir resumes.", required=True)
     flags.DEFINE_integer("epochs", recipe.epochs, "Passes over the training split.")
     flags.DEFINE_integer("batch_size", recipe.batch_size, "Global training batch size.")
     flags.DEFINE_integer("eval_batch_size", recipe.eval_batch_size, "Evaluation batch size.")
@@ -79,11 +88,15 @@ def define_flags(recipe: Recipe) -> None:
                         "host:port of process 0, for multi-host runs (jax.distributed).")
     flags.DEFINE_integer("num_processes", 1, "Processes in a multi-host run.")
     flags.DEFINE_integer("process_id", 0, "This process's index in a multi-host run.")
-    flags.DEFINE_string("dataset", recipe.dataset, "TFDS dataset name.")
+    flags.DEFINE_string("dataset", recipe.dataset, "TFDS dataset name, or the path of a folder "
+                        "with one subfolder of images per class.")
+    flags.DEFINE_bool("class_weights", False, "Weight each example's loss by the inverse "
+                      "frequency of its class in the train split (for imbalanced data).")
 
 
-def main(argv) -> None:
-    """Runs the experiment the flags describe; known failures print one message, exit 1."""
+def main(argv, run_experiment=None) -> None:
+    """Runs the experiment the flags describe (with `run_experiment(flags)`, default `run`);
+    known failures print one message, exit 1."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Quiets orbax's per-save INFO lines.
@@ -91,7 +104,7 @@ def main(argv) -> None:
     from cnn_jax.data import DatasetUnavailableError
 
     try:
-        results = run(flags.FLAGS)
+        results = (run_experiment or run)(flags.FLAGS)
     except (ValueError, FloatingPointError, DatasetUnavailableError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
@@ -107,35 +120,87 @@ def run(values: flags.FlagValues) -> dict:
     Everything that can be checked without the data (config, augmentations, model name, batch
     sizes against the devices) is checked before the data is read.
     """
+    from cnn_jax import data, models
+
+    setup(values)
+    config = train_config(values)
+    augment = data.make_augment(values.augment)
+    models.model_spec(values.model)
+    check_batch_sizes(values)
+    size = values.image_size
+    dataset = data.load(data_config(values, None if size is None else (size, size)))
+    return train(values, dataset, config, augment, values.model, {})
+
+
+def setup(values: flags.FlagValues) -> None:
+    """The persistent compilation cache, and joining a multi-host run; before any device use."""
     import jax
 
-    from cnn_jax import data, models, train
+    from cnn_jax import train as engine
 
     if values.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", values.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    train.maybe_initialize_distributed(values.coordinator_address, values.num_processes,
-                                       values.process_id)
-    config = train.TrainConfig(
+    engine.maybe_initialize_distributed(values.coordinator_address, values.num_processes,
+                                        values.process_id)
+
+
+def train_config(values: flags.FlagValues):
+    """The engine's TrainConfig from the flags (validated as it is built)."""
+    from cnn_jax import train as engine
+
+    return engine.TrainConfig(
         epochs=values.epochs, learning_rate=values.learning_rate, optimizer=values.optimizer,
         momentum=values.momentum, schedule=values.schedule, warmup_epochs=values.warmup_epochs,
         weight_decay=values.weight_decay, label_smoothing=values.label_smoothing,
         seed=values.seed, log_every_steps=values.log_every_steps,
         checkpoint_every_steps=values.checkpoint_every_steps,
         keep_checkpoints=values.keep_checkpoints)
-    augment = data.make_augment(values.augment)
-    models.model_spec(values.model)
-    mesh = train.make_mesh()
-    train.check_batch_size(values.batch_size, mesh, "--batch_size")
-    train.check_batch_size(values.eval_batch_size, mesh, "--eval_batch_size")
-    dataset = data.load(data.DataConfig(
+
+
+def check_batch_sizes(values: flags.FlagValues) -> None:
+    from cnn_jax import train as engine
+
+    mesh = engine.make_mesh()
+    engine.check_batch_size(values.batch_size, mesh, "--batch_size")
+    engine.check_batch_size(values.eval_batch_size, mesh, "--eval_batch_size")
+
+
+def data_config(values: flags.FlagValues, image_size=None):
+    from cnn_jax import data
+
+    return data.DataConfig(
         values.dataset, data_dir=values.data_dir, batch_size=values.batch_size,
-        eval_batch_size=values.eval_batch_size, validation_fraction=values.validation_fraction,
-        num_train_examples=values.num_train_examples, seed=values.seed))
+        eval_batch_size=values.eval_batch_size, image_size=image_size,
+        validation_fraction=values.validation_fraction,
+        num_train_examples=values.num_train_examples, seed=values.seed)
+
+
+def train(values: flags.FlagValues, dataset, config, augment, model_name: str,
+          model_kwargs: dict, *, workdir=None, flags_record=None, fine_tuning=None) -> dict:
+    """Trains zoo model `model_name` (built with `model_kwargs`, in bfloat16 with
+    --half_precision) on `dataset` in `workdir` (default --workdir) and exports it there.
+
+    `flags_record` (default: `experiment_flags(values)`) goes to flags.json and results.json;
+    `fine_tuning` is the engine's (a pretrained start, frozen parts).
+    """
+    import jax
+
+    from cnn_jax import export, models
+    from cnn_jax import train as engine
+
+    workdir = workdir or values.workdir
+    info = dataset.info
     dtype = jax.numpy.bfloat16 if values.half_precision else jax.numpy.float32
-    model = models.get_model(values.model, dataset.info.num_classes, dtype=dtype)
-    return train.train_and_evaluate(model, dataset, config, values.workdir, augment=augment,
-                                    flags=experiment_flags(values), start_time=START_TIME)
+    model = models.get_model(model_name, info.num_classes, **model_kwargs, dtype=dtype)
+    class_weights = (engine.balanced_class_weights(dataset.train_class_counts())
+                     if values.class_weights else None)
+    save = functools.partial(export.save_export, workdir, model_name, model_kwargs,
+                             class_names=info.class_names, image_shape=info.image_shape)
+    return engine.train_and_evaluate(
+        model, dataset, config, workdir, augment=augment,
+        flags=experiment_flags(values) if flags_record is None else flags_record,
+        start_time=START_TIME, fine_tuning=fine_tuning, class_weights=class_weights, export=save)
 
 
 def experiment_flags(values: flags.FlagValues) -> dict:

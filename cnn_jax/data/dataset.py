@@ -6,17 +6,21 @@ experiment is scored on the same examples; tf_flowers has only a train split). V
 ``validation_fraction`` slice of the remaining train examples drawn with ``config.seed``, and
 ``num_train_examples`` keeps a seeded subset of what is left.
 
+``load`` reads a tfds name, or a folder with one subfolder per class (``image_folder``): a folder has no test
+split of its own, so it is split as tf_flowers is.
+
 Batches are dicts of numpy arrays: ``"image"`` float32 (B, H, W, C) in [0, 1], ``"label"`` int32
 (B,), and for eval batches ``"mask"`` float32 (B,), 1 for real examples and 0 for padding.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterator, Optional
 
 import numpy as np
 
-from cnn_jax.data import tfds_source
+from cnn_jax.data import image_folder, tfds_source
 
 TEST_FRACTION = 0.2
 _TEST_SPLIT_SEED = 0
@@ -69,6 +73,7 @@ class DatasetInfo:
     num_train: int
     num_validation: int
     num_test: int
+    num_skipped: int = 0  # files of an image folder that did not decode
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
@@ -114,6 +119,10 @@ class Dataset:
         if split == "validation" and self.info.num_validation == 0:
             raise ValueError("this dataset has no validation split; set DataConfig.validation_fraction > 0")
         return self._eval_iterator(*self._splits[split])
+
+    def train_class_counts(self) -> np.ndarray:
+        """Examples of each class in the train split, int64 (num_classes,): for class weights."""
+        return np.bincount(self._splits["train"][1], minlength=self.info.num_classes)
 
     def _eval_iterator(self, images: np.ndarray, labels: np.ndarray) -> Iterator[dict]:
         size = self.config.resolved_eval_batch_size
@@ -187,12 +196,24 @@ def from_arrays(config: DataConfig, class_names, train: tuple[np.ndarray, np.nda
     return Dataset(info, config, {"train": train, "validation": validation, "test": test})
 
 
-def load(config: DataConfig) -> Dataset:
-    """Reads ``config.dataset`` with tensorflow-datasets into host memory and splits it.
+def is_folder_path(dataset: str) -> bool:
+    """Whether ``dataset`` names a folder (an existing one, or a path: absolute or starting with "." or "~")
+    rather than a tfds name."""
+    return os.path.isabs(dataset) or dataset.startswith((".", "~")) or os.path.isdir(dataset)
 
-    Raises ValueError for a name tfds does not know, and ``DatasetUnavailableError`` when the
-    dataset is not in the data dir and cannot be downloaded.
+
+def load(config: DataConfig) -> Dataset:
+    """Reads ``config.dataset`` into host memory and splits it: a tensorflow-datasets name, or a
+    folder path (``image_folder.read_image_folder``; ``config.image_size`` required).
+
+    Raises ValueError for a name tfds does not know or a path that is not an image folder, and
+    ``DatasetUnavailableError`` when a tfds dataset is not in the data dir and cannot be downloaded.
     """
+    if is_folder_path(config.dataset):
+        folder = image_folder.read_image_folder(config.dataset, config.image_size)
+        dataset = from_arrays(config, folder.class_names, (folder.images, folder.labels))
+        dataset.info = dataclasses.replace(dataset.info, num_skipped=len(folder.skipped))
+        return dataset
     arrays = tfds_source.read_tfds(config.dataset, config.data_dir, config.image_size)
     if "train" not in arrays.splits:
         raise ValueError(f"dataset {config.dataset!r} has no train split (splits: {sorted(arrays.splits)})")

@@ -20,6 +20,7 @@ from cnn_jax.data import prefetch_to_device
 from cnn_jax.train import sharding as sharding_lib
 from cnn_jax.train.checkpoint import Checkpointer
 from cnn_jax.train.config import TrainConfig
+from cnn_jax.train.finetune import FineTuning
 from cnn_jax.train.metrics import MetricWriter, ProgressBar, write_json
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.state import TrainState, create_train_state
@@ -37,7 +38,10 @@ class TrainingDiverged(FloatingPointError):
 
 def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: str,
                        augment: Optional[Augment] = None, flags: Optional[dict] = None,
-                       start_time: Optional[float] = None) -> dict:
+                       start_time: Optional[float] = None, *,
+                       fine_tuning: Optional[FineTuning] = None,
+                       class_weights: Optional[np.ndarray] = None,
+                       export: Optional[Callable[[dict], None]] = None) -> dict:
     """Trains `model` on `dataset`, evaluating every epoch, and returns the results.
 
     Args:
@@ -50,6 +54,12 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
       flags: the settings of the command, stored in `flags.json` and `results.json`.
       start_time: `time.time()` when the command started, so `wall_time_s` covers data loading
         and imports too; default: when this function is called.
+      fine_tuning: start from given (pretrained) variables and freeze or slow down parts of the
+        network (`cnn_jax.train.finetune`); default: a fresh network, trained as a whole.
+      class_weights: one loss weight per class (`steps.balanced_class_weights` for imbalanced
+        data); default: every example counts the same.
+      export: called on process 0 with the final variables once results are written, e.g. to
+        save what inference needs (`cnn_jax.export.save_export`).
 
     Returns:
       The contents of `results.json`: `test_accuracy`, `test_loss`, `per_class_accuracy` (by
@@ -73,8 +83,11 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
 
     mesh = sharding_lib.make_mesh()
     on_batch, on_all = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
-    state = create_train_state(model, make_optimizer(config, steps_per_epoch), info.image_shape,
-                               config.seed, on_all)
+    if fine_tuning is None:
+        state = create_train_state(model, make_optimizer(config, steps_per_epoch),
+                                   info.image_shape, config.seed, on_all)
+    else:
+        state = fine_tuning.train_state(model, config, steps_per_epoch, info.image_shape, on_all)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     best = Checkpointer(os.path.join(workdir, "best"), 1) if info.num_validation else None
     restored = checkpoints.restore(state)
@@ -84,7 +97,7 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
                  int(state.step) // steps_per_epoch, checkpoints.directory)
     writer = MetricWriter(workdir, resume_step=int(state.step), tensorboard=config.tensorboard,
                           write=chief)
-    train_step = jax.jit(make_train_step(augment, config.label_smoothing),
+    train_step = jax.jit(make_train_step(augment, config.label_smoothing, class_weights),
                          in_shardings=(on_all, on_batch), out_shardings=(on_all, on_all),
                          donate_argnums=0)
     evaluate = _make_evaluator(dataset, mesh, on_batch, on_all)
@@ -158,6 +171,8 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
         _write_figures(os.path.join(workdir, "figures"), history, confusion, per_class, test,
                        dataset)
         write_json(os.path.join(workdir, "results.json"), results)
+        if export is not None:
+            export(jax.device_get(state.variables))
     return results
 
 

@@ -7,6 +7,9 @@ adam add the L2 gradient `weight_decay * kernel` before the update, as the class
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable, Mapping
+
 import jax
 import optax
 
@@ -52,3 +55,17 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
         return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=kernel_mask),
                            update)
     return update
+
+
+def make_grouped_optimizer(config: TrainConfig, steps_per_epoch: int, labels: Callable,
+                           learning_rates: Mapping[str, float]) -> optax.GradientTransformation:
+    """`config`'s optimizer per group of parameters, each at its own peak learning rate under
+    the same schedule (e.g. a new head fast, a pretrained backbone slowly).
+
+    `labels(params)` gives each leaf or subtree its group (`optax.multi_transform`). A group at
+    rate 0 is frozen: zero updates (`optax.set_to_zero`), no optimizer state, no weight decay.
+    """
+    return optax.multi_transform(
+        {group: optax.set_to_zero() if rate == 0 else
+         make_optimizer(dataclasses.replace(config, learning_rate=rate), steps_per_epoch)
+         for group, rate in learning_rates.items()}, labels)

@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cnn_jax.train.state import TrainState
@@ -24,8 +25,22 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def make_train_step(augment: Optional[Augment] = None, label_smoothing: float = 0.0):
+def balanced_class_weights(counts) -> np.ndarray:
+    """Inverse class frequency, `total / (num_classes * count)` (1 for balanced data), float32;
+    0 for a class without examples."""
+    counts = np.asarray(counts, np.float64)
+    with np.errstate(divide="ignore"):
+        weights = np.where(counts > 0, counts.sum() / (len(counts) * counts), 0.0)
+    return weights.astype(np.float32)
+
+
+def make_train_step(augment: Optional[Augment] = None, label_smoothing: float = 0.0,
+                    class_weights: Optional[np.ndarray] = None):
     """A train step with the augmentation and label smoothing closed over (jit it once).
+
+    `class_weights` (one per class, e.g. `balanced_class_weights`) weight each example's loss by
+    its label's weight; the batch loss is then `sum(w * loss) / sum(w)`, as PyTorch's weighted
+    cross-entropy reduces it.
 
     The step's key is the state's rng folded with the step number, split into an augmentation
     key and a dropout key, so a resumed run draws the same randomness as an uninterrupted one.
@@ -43,7 +58,12 @@ def make_train_step(augment: Optional[Augment] = None, label_smoothing: float = 
             logits, updates = state.apply_fn(variables, images, train=True,
                                              mutable=["batch_stats"],
                                              rngs={"dropout": dropout_key})
-            loss = cross_entropy(logits, labels, label_smoothing).mean()
+            losses = cross_entropy(logits, labels, label_smoothing)
+            if class_weights is None:
+                loss = losses.mean()
+            else:
+                weights = jnp.asarray(class_weights, jnp.float32)[labels]
+                loss = jnp.sum(weights * losses) / jnp.sum(weights)
             return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
