@@ -12,18 +12,15 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from cnn_jax.models.registry import check_images
+
 Array = jnp.ndarray
 LogitsFn = Callable[[Array], Array]
 
 
 def check_inputs(images: Array, targets, method: str) -> Array:
     """Raises for inputs no method can explain; returns ``targets`` as an int32 array of shape (N,)."""
-    if images.ndim != 4:
-        raise ValueError(f"{method} expects NHWC images of rank 4, got shape {images.shape}; "
-                         "for one image use images[None]")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"{method} expects float images in [0, 1], got dtype {images.dtype}; "
-                         "convert uint8 pixels with images.astype('float32') / 255")
+    check_images(images, method, min_size=1)
     targets = jnp.asarray(targets)
     if targets.shape != images.shape[:1] or not jnp.issubdtype(targets.dtype, jnp.integer):
         raise ValueError(f"{method} needs one integer class per image: targets of shape ({images.shape[0]},), got "
