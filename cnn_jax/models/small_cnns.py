@@ -15,27 +15,65 @@ Array = jnp.ndarray
 Dtype = Any
 
 
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh, "gelu": nn.gelu}
+_MONOTONE_ACTIVATIONS = ("relu", "tanh")  # commute with max pooling
+POOLINGS = {"max": ops.max_pool, "avg": ops.avg_pool}
+
+
 class SimpleCNN(nn.Module):
     """Keras' "simple MNIST convnet" (keras.io/examples/vision/mnist_convnet), 34,826 params on 28x28x1.
 
     Conv 32 (3x3, VALID) -> ReLU -> 2x2 max pool -> Conv 64 (3x3, VALID) -> ReLU -> 2x2 max pool -> flatten ->
     dropout 0.5 -> Dense. No hidden dense layer: about 2.4 million multiply-adds per image, so MNIST trains fast
     on a CPU.
+
+    The architecture sweep of ``experiments/compare.py`` varies one design choice at a time: ``features`` (the
+    filters of each conv stage, one stage per entry), ``kernel_size``, ``pooling`` ("max" or "avg", 2x2) and
+    ``activation`` (a name in ``ACTIVATIONS``; names, not functions, so exports store them as JSON). Larger kernels
+    need larger images: ``required_size`` pixels a side.
     """
-    min_size: ClassVar[int] = 10  # 10 -> conv 8 -> pool 4 -> conv 2 -> pool 1
+    min_size: ClassVar[int] = 10  # of the defaults: 10 -> conv 8 -> pool 4 -> conv 2 -> pool 1
     num_classes: int
+    features: Sequence[int] = (32, 64)
+    kernel_size: int = 3
+    pooling: str = "max"
+    activation: str = "relu"
     dropout: float = 0.5
     dtype: Dtype = jnp.float32
     mean: Sequence[float] = MNIST_MEAN
     std: Sequence[float] = MNIST_STD
 
+    @property
+    def required_size(self) -> int:
+        """The smallest image side that leaves a 1x1 map: undo each 2x2 pool and VALID conv, last stage first."""
+        size = 1
+        for _ in self.features:
+            size = 2 * size + self.kernel_size - 1
+        return size
+
+    def _check_design(self) -> None:
+        if not self.features or any(not isinstance(f, int) or f < 1 for f in self.features):
+            raise ValueError(f"simple_cnn features must be a non-empty sequence of positive ints (filters per "
+                             f"stage), got {self.features!r}; e.g. (32, 64)")
+        if not isinstance(self.kernel_size, int) or self.kernel_size < 1:
+            raise ValueError(f"simple_cnn kernel_size must be a positive int, got {self.kernel_size!r}; e.g. 3 or 5")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"simple_cnn pooling {self.pooling!r} is unknown: use one of {tuple(POOLINGS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"simple_cnn activation {self.activation!r} is unknown: use one of "
+                             f"{tuple(ACTIVATIONS)}")
+
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        check_images(x, "simple_cnn", self.min_size)
+        self._check_design()
+        check_images(x, "simple_cnn", self.required_size)
         x = Normalize(self.mean, self.std)(x)
-        for stage, features in enumerate((32, 64), start=1):
-            x = Conv(features, 3, padding="VALID", dtype=self.dtype, name=f"conv{stage}")(x)
-            x = nn.relu(ops.max_pool(x, 2))  # = pool(relu(x)), as ReLU is monotone; 4x fewer ReLUs to run
+        pool, activation = POOLINGS[self.pooling], ACTIVATIONS[self.activation]
+        # A monotone activation commutes with max pooling: pooling first runs 4x fewer activations.
+        pool_first = self.pooling == "max" and self.activation in _MONOTONE_ACTIVATIONS
+        for stage, features in enumerate(self.features, start=1):
+            x = Conv(features, self.kernel_size, padding="VALID", dtype=self.dtype, name=f"conv{stage}")(x)
+            x = activation(pool(x, 2)) if pool_first else pool(activation(x), 2)
             self.sow("intermediates", f"stage{stage}", x)
         self.sow("intermediates", "features", x)
         return MLPHead(self.num_classes, dropout=self.dropout, dtype=self.dtype, name="head")(x, train)
@@ -164,7 +202,10 @@ class AlexNetMini(nn.Module):
 
 @register("simple_cnn", input_shape=(28, 28, 1), min_size=SimpleCNN.min_size)
 def build_simple_cnn(num_classes: int, **kwargs) -> SimpleCNN:
-    """The classic MNIST convnet (Keras example): Conv32-MaxPool-Conv64-MaxPool-Dropout-Dense."""
+    """The classic MNIST convnet (Keras example): Conv32-MaxPool-Conv64-MaxPool-Dropout-Dense.
+
+    kwargs set any field, e.g. ``features=(16, 32)``, ``kernel_size=5``, ``pooling="avg"``, ``activation="tanh"``.
+    """
     return SimpleCNN(num_classes, **kwargs)
 
 

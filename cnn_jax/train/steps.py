@@ -26,11 +26,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def balanced_class_weights(counts) -> np.ndarray:
-    """Inverse class frequency, `total / (num_classes * count)` (1 for balanced data), float32;
-    0 for a class without examples."""
+    """Inverse class frequency, `total / (classes present * count)` as scikit-learn's "balanced"
+    (1 for balanced data), float32; 0 for a class without examples."""
     counts = np.asarray(counts, np.float64)
     with np.errstate(divide="ignore"):
-        weights = np.where(counts > 0, counts.sum() / (len(counts) * counts), 0.0)
+        weights = np.where(counts > 0, counts.sum() / (np.count_nonzero(counts) * counts), 0.0)
     return weights.astype(np.float32)
 
 

@@ -1,0 +1,126 @@
+"""Image files as classification data: a folder with one subfolder per class, or single files for inference.
+
+The layout is torchvision's ``ImageFolder`` and Keras' ``image_dataset_from_directory``: ``root/<class>/<file>``,
+class names are the subfolder names in sorted order, and every file below a class folder (at any depth) is an
+example of that class. Names starting with "." (``.DS_Store``, ``.ipynb_checkpoints``) are not data and are
+passed over. Files are decoded by TensorFlow (JPEG, PNG, GIF (first frame), BMP, WebP) and resized exactly as the
+tfds reader resizes: the aspect ratio kept, scaled to cover the size, the centre cropped. A file that does not
+decode (corrupt, truncated, not an image) is skipped and counted, never fatal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from cnn_jax.data import tfds_source
+
+log = logging.getLogger(__name__)
+
+FORMATS = "JPEG, PNG, GIF, BMP or WebP"
+_DECODE_BATCH = 256
+_SHOWN_SKIPPED = 3  # skipped files named in the log line
+_TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*", re.DOTALL)  # op names around TF's error message
+
+
+class UnreadableImageError(ValueError):
+    """A file is missing, unreadable or not an image TensorFlow can decode; ``reason`` says which."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """The decoded contents of a class-per-subfolder image folder."""
+    class_names: tuple[str, ...]
+    images: np.ndarray  # uint8 (N, H, W, C)
+    labels: np.ndarray  # int32 (N,), indices into class_names
+    skipped: tuple[str, ...]  # paths of the files that did not decode
+
+
+def _visible(names) -> list[str]:
+    return sorted(name for name in names if not name.startswith("."))
+
+
+def _class_files(root: str) -> tuple[tuple[str, ...], list[str], list[int]]:
+    """Class names, and every file path below the class folders with its class index, in a fixed order."""
+    class_names = tuple(name for name in _visible(os.listdir(root)) if os.path.isdir(os.path.join(root, name)))
+    if len(class_names) < 2:
+        raise ValueError(f"image folder {root} has {len(class_names)} class subfolder(s) {list(class_names)}; "
+                         "a classifier needs at least 2: put each class's images in a subfolder named after it "
+                         "(root/daisy/1.jpg, root/tulips/2.jpg, ...)")
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        for directory, subdirectories, files in os.walk(os.path.join(root, name)):
+            subdirectories[:] = _visible(subdirectories)
+            for file in _visible(files):
+                paths.append(os.path.join(directory, file))
+                labels.append(label)
+    return class_names, paths, labels
+
+
+def _decode(tf, contents, image_size: tuple[int, int], channels: int):
+    image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
+    return tfds_source._cover_and_center_crop(tf, image, image_size)  # noqa: SLF001 -- the same resize as tfds data
+
+
+def _check_size(image_size, where: str) -> tuple[int, int]:
+    if image_size is None:
+        raise ValueError(f"{where} holds images of any size: set image_size=(height, width) to resize them "
+                         "(experiments: --image_size)")
+    return tuple(int(s) for s in image_size)
+
+
+def read_image_folder(root: str, image_size: tuple[int, int], channels: int = 3) -> ImageFolder:
+    """Decodes every image below ``root``'s class subfolders into uint8 (N, H, W, ``channels``) arrays.
+
+    Files are read in parallel with tf.data; the ones that fail to decode are left out, logged with a count and
+    listed in ``ImageFolder.skipped``. Raises ValueError when ``root`` is not a folder, has fewer than two class
+    subfolders, or holds no readable image.
+    """
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        raise ValueError(f"image folder {root} does not exist or is not a folder")
+    image_size = _check_size(image_size, f"image folder {root}")
+    class_names, paths, labels = _class_files(root)
+    if not paths:
+        raise ValueError(f"image folder {root} holds no files below its class folders {list(class_names)}")
+    tf, _ = tfds_source._import_tfds()  # noqa: SLF001 -- TF kept off the GPU, as for tfds data
+    files = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
+    decoded = (files.map(lambda path, index: (_decode(tf, tf.io.read_file(path), image_size, channels), index),
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .ignore_errors().batch(_DECODE_BATCH))
+    chunks = list(decoded.as_numpy_iterator())
+    if not chunks:
+        raise ValueError(f"image folder {root} holds no readable {FORMATS} image "
+                         f"({len(paths)} files below its class folders {list(class_names)})")
+    images, read = (np.concatenate(column) for column in zip(*chunks))
+    skipped = tuple(np.delete(np.asarray(paths, dtype=object), read).tolist())
+    if skipped:
+        log.warning("skipped %d of %d files in %s that are not readable %s images (e.g. %s)", len(skipped),
+                    len(paths), root, FORMATS, ", ".join(skipped[:_SHOWN_SKIPPED]))
+    labels = np.asarray(labels, np.int32)[read]
+    empty = [name for label, name in enumerate(class_names) if not np.any(labels == label)]
+    if empty:
+        log.warning("class folder(s) %s in %s hold no readable image: those classes cannot be learned", empty, root)
+    return ImageFolder(class_names, images, labels, skipped)
+
+
+def read_image(path: str, image_size: Sequence[int], channels: int = 3) -> np.ndarray:
+    """One image file as uint8 (H, W, ``channels``), resized as ``read_image_folder`` resizes.
+
+    Raises UnreadableImageError naming the file and the reason when it is missing or does not decode.
+    """
+    tf, _ = tfds_source._import_tfds()  # noqa: SLF001
+    image_size = _check_size(image_size, "read_image")
+    try:
+        return _decode(tf, tf.io.read_file(path), image_size, channels).numpy()
+    except (tf.errors.OpError, ValueError) as error:
+        reason = _TF_NOISE.sub("", getattr(error, "message", str(error))).strip()
+        raise UnreadableImageError(path, f"not a readable {FORMATS} image ({reason})") from None
