@@ -67,7 +67,7 @@ def _class_files(root: str) -> tuple[tuple[str, ...], list[str], list[int]]:
 
 def _decode(tf, contents, image_size: tuple[int, int], channels: int):
     image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
-    return tfds_source._cover_and_center_crop(tf, image, image_size)  # noqa: SLF001 -- the same resize as tfds data
+    return tfds_source.cover_and_center_crop(tf, image, image_size)  # the same resize as tfds data
 
 
 def _check_size(image_size, where: str) -> tuple[int, int]:
@@ -91,7 +91,7 @@ def read_image_folder(root: str, image_size: tuple[int, int], channels: int = 3)
     class_names, paths, labels = _class_files(root)
     if not paths:
         raise ValueError(f"image folder {root} holds no files below its class folders {list(class_names)}")
-    tf, _ = tfds_source._import_tfds()  # noqa: SLF001 -- TF kept off the GPU, as for tfds data
+    tf, _ = tfds_source.import_tfds()  # TF kept off the GPU, as for tfds data
     files = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
     decoded = (files.map(lambda path, index: (_decode(tf, tf.io.read_file(path), image_size, channels), index),
                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -117,7 +117,7 @@ def read_image(path: str, image_size: Sequence[int], channels: int = 3) -> np.nd
 
     Raises UnreadableImageError naming the file and the reason when it is missing or does not decode.
     """
-    tf, _ = tfds_source._import_tfds()  # noqa: SLF001
+    tf, _ = tfds_source.import_tfds()
     image_size = _check_size(image_size, "read_image")
     try:
         return _decode(tf, tf.io.read_file(path), image_size, channels).numpy()

@@ -28,7 +28,7 @@ class TfdsArrays:
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def _import_tfds():
+def import_tfds():
     import tensorflow as tf
     import tensorflow_datasets as tfds
     try:  # TF is only a reader here: keep it off the GPU, which JAX owns.
@@ -92,7 +92,7 @@ def _check_features(builder, name: str, image_size) -> tuple[str, ...]:
     return tuple(label.names)
 
 
-def _cover_and_center_crop(tf, image, size):
+def cover_and_center_crop(tf, image, size):
     """Keeps the aspect ratio: scales the image to cover ``size``, then crops the centre."""
     h, w = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
     scale = tf.maximum(size[0] / h, size[1] / w)
@@ -105,7 +105,7 @@ def _cover_and_center_crop(tf, image, size):
 def _read_split(tf, tfds, builder, split: str, image_size):
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     if image_size is not None:
-        ds = ds.map(lambda image, label: (_cover_and_center_crop(tf, image, image_size), label),
+        ds = ds.map(lambda image, label: (cover_and_center_crop(tf, image, image_size), label),
                     num_parallel_calls=tf.data.AUTOTUNE)
     chunks = list(tfds.as_numpy(ds.batch(_READ_CHUNK)))
     images = np.concatenate([c[0] for c in chunks])
@@ -121,7 +121,7 @@ def read_tfds(name: str, data_dir: Optional[str] = None,
     images vary in size, such as tf_flowers. ``data_dir=None`` is tfds's default, which honours
     ``TFDS_DATA_DIR``.
     """
-    tf, tfds = _import_tfds()
+    tf, tfds = import_tfds()
     builder = _builder(tfds, name, data_dir)
     class_names = _check_features(builder, name, image_size)
     splits = {split: _read_split(tf, tfds, builder, split, image_size) for split in builder.info.splits}

@@ -32,7 +32,7 @@ from flax import traverse_util
 
 from cnn_jax.train.config import TrainConfig
 from cnn_jax.train.optim import make_grouped_optimizer
-from cnn_jax.train.state import TrainState, _init_variables
+from cnn_jax.train.state import TrainState, init_variables
 
 FROZEN, BACKBONE, HEAD = "frozen", "backbone", "head"
 
@@ -120,7 +120,7 @@ def _start_variables(model: nn.Module, image_shape: tuple, key: jax.Array,
     """Fresh variables overlaid with ``given``, in one compilation: XLA drops the initializers of
     everything ``given`` replaces. (Compiling EfficientNet-Lite0's whole initialization takes
     ~30 s on a 2-core CPU; this ~2 s.)"""
-    return overlay(_init_variables(model, image_shape, key), given)
+    return overlay(init_variables(model, image_shape, key), given)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     BatchNorm statistics start at their defaults.
     """
     init_key, state_key = jax.random.split(jax.random.key(seed))
-    variables = _init_variables(model, tuple(image_shape), init_key)
+    variables = init_variables(model, tuple(image_shape), init_key)
     params = variables["params"]
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
@@ -60,7 +60,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_variables(model: nn.Module, image_shape: tuple, key: jax.Array) -> dict:
+def init_variables(model: nn.Module, image_shape: tuple, key: jax.Array) -> dict:
     """The model's variables, compiled once per model and image shape."""
     params_key, dropout_key = jax.random.split(key)
     return model.init({"params": params_key, "dropout": dropout_key},
