@@ -7,6 +7,7 @@ from typing import Optional
 import jax.numpy as jnp
 from jax import lax
 
+from cnn_jax.ops import onednn
 from cnn_jax.ops import padding as padding_lib
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -60,14 +61,26 @@ def _xla_conv(x, kernel, strides, dilations, pads, mode, groups):
                                     dimension_numbers=_DIMENSIONS, feature_group_count=groups)
 
 
+def _onednn_conv(x, kernel, strides, dilations, pads, mode):
+    if mode == "wrap":
+        x, pads = padding_lib.apply(x, pads, mode), ((0, 0), (0, 0))
+    return onednn.conv2d(x, kernel, strides, pads, dilations)
+
+
+def _onednn_serves(x, kernel, groups, pads) -> bool:
+    dense_f32 = groups == 1 and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+    return dense_f32 and min(p for pair in pads for p in pair) >= 0 and onednn.available()
+
+
 def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None, *,
            stride=1, padding: padding_lib.PaddingLike = "SAME", dilation=1, groups: int = 1) -> jnp.ndarray:
     """Cross-correlation of ``x`` (N, H, W, C) with ``kernel`` (kh, kw, C // groups, F), plus ``bias`` (F,).
 
     Output spatial sizes are ``conv_output_size(n, k, stride, padding, dilation)``. ``groups == C``
     gives a depthwise convolution. Runs on ``lax.conv_general_dilated``; "CIRCULAR" pads by wrapping first.
-    Depthwise convolutions (one filter per channel) lower on CPU to shifted multiply-adds, which XLA's CPU
-    backend runs far faster than its grouped convolution; other backends keep the XLA convolution.
+    On CPU two cases leave XLA, each for the much faster path measured in BENCHMARKS.md: dense float32
+    convolutions run on oneDNN's kernels (``cnn_jax.ops.onednn``; XLA's weight gradient is 3-5x slower), and
+    depthwise ones (one filter per channel) lower to shifted multiply-adds. Other backends keep XLA's convolution.
     """
     _check(x, kernel, groups)
     strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
@@ -76,6 +89,9 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = No
     if groups > 1 and groups == x.shape[-1] == kernel.shape[-1]:
         shifted = functools.partial(_depthwise_shifted, strides=strides, dilations=dilations, pads=pads, mode=mode)
         y = lax.platform_dependent(x, kernel, cpu=shifted, default=xla)
+    elif _onednn_serves(x, kernel, groups, pads):
+        dense = functools.partial(_onednn_conv, strides=strides, dilations=dilations, pads=pads, mode=mode)
+        y = lax.platform_dependent(x, kernel, cpu=dense, default=xla)
     else:
         y = xla(x, kernel)
     if bias is not None:

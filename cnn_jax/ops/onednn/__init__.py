@@ -1,0 +1,42 @@
+"""Dense float32 convolutions on oneDNN for the CPU backend, behind ``ops.conv2d``.
+
+XLA's CPU convolutions match oneDNN's forward but run the weight gradient 3-5x slower (BENCHMARKS.md); this
+package puts oneDNN's forward, data-gradient and weight-gradient kernels under one differentiable primitive.
+``available()`` is False (and ``conv2d`` stays on XLA) without the oneDNN wheels or a C++ compiler, or with
+``CNN_JAX_CONV=xla`` in the environment.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from cnn_jax.ops.onednn import build
+
+
+def available() -> bool:
+    """Whether the kernel is built and registered (building it on first call)."""
+    return build.load() is not None
+
+
+def conv2d(x, kernel, strides, pads, dilations):
+    """``x`` (N, H, W, C) float32 with ``kernel`` (kh, kw, C, F), explicit non-negative ``pads``; CPU only."""
+    from cnn_jax.ops.onednn import primitive
+
+    (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilations
+    out_h = (x.shape[1] + sum(pads[0]) - (kh - 1) * dh - 1) // sh + 1
+    out_w = (x.shape[2] + sum(pads[1]) - (kw - 1) * dw - 1) // sw + 1
+    geometry = (tuple(strides), tuple(map(tuple, pads)), tuple(dilations))
+    return primitive.forward(x, kernel, geometry, (x.shape[0], out_h, out_w, kernel.shape[3]))
+
+
+def implementation(mode: int, x_shape, kernel_shape, strides, pads, dilations) -> str:
+    """The oneDNN implementation that serves a convolution, e.g. ``"brg_conv_fwd:avx512_core"``."""
+    library = build.load()
+    if library is None:
+        return "unavailable"
+    (n, h, w, c), (kh, kw, _, o) = x_shape, kernel_shape
+    out_h = (h + sum(pads[0]) - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    out_w = (w + sum(pads[1]) - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    dims = np.asarray([n, h, w, c, kh, kw, o, out_h, out_w, *strides, *pads[0], *pads[1], *dilations], np.int64)
+    return library.CnnJaxConvImplementation(mode, dims.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))).decode()

@@ -1,0 +1,92 @@
+"""The oneDNN convolution as a JAX primitive that jit, grad (any order), jvp and vmap all understand.
+
+One primitive, three modes, all bilinear in their two operands (images NHWC, kernels HWIO):
+forward ``F(x, w) -> y``, data gradient ``D(dy, w) -> dx`` and weight gradient ``W(x, dy) -> dw``.
+They are the three partial derivatives of the trilinear form ``<F(x, w), dy>``, so each one's transpose
+with respect to either operand is another of the three: reverse mode through a convolution runs on oneDNN's
+backward kernels, and so do higher derivatives.
+"""
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+from jax.extend import core
+from jax.interpreters import ad, batching, mlir
+
+from cnn_jax.ops.onednn import build
+
+FORWARD, DATA_GRADIENT, WEIGHT_GRADIENT = 0, 1, 2
+
+conv_p = core.Primitive("cnn_jax_onednn_conv")
+
+
+def _bind(a, b, mode, shape, geometry):
+    return conv_p.bind(a, b, mode=mode, shape=tuple(shape), geometry=geometry)
+
+
+def forward(x, w, geometry, shape):
+    """``y = F(x, w)`` of the given output shape; ``geometry`` = (strides, ((top, bottom), (left, right)), dilations)."""
+    return _bind(x, w, FORWARD, shape, geometry)
+
+
+def _abstract_eval(a, b, *, mode, shape, geometry):
+    if a.dtype != jnp.float32 or b.dtype != jnp.float32:
+        raise TypeError(f"the oneDNN convolution takes float32, got {a.dtype} and {b.dtype}")
+    return jax.core.ShapedArray(shape, jnp.float32)
+
+
+def _lower(a, b, *, mode, shape, geometry):
+    if build.load() is None:
+        raise RuntimeError("the oneDNN convolution kernel is not available; use ops.conv2d, which falls back to XLA")
+    strides, pads, dilations = geometry
+    call = jax.ffi.ffi_call(build.TARGET, jax.ShapeDtypeStruct(shape, jnp.float32))
+    return call(a, b, mode=np.int64(mode), strides=np.asarray(strides, np.int64),
+                padding=np.asarray([p for pair in pads for p in pair], np.int64),
+                dilation=np.asarray(dilations, np.int64))
+
+
+def _shape(operand):
+    return operand.aval.shape
+
+
+# Transposes: ct is the cotangent of the output; each rule returns the cotangent of one operand.
+def _transpose_a(ct, a, b, *, mode, shape, geometry):
+    if mode == FORWARD:  # a = x, b = w
+        return _bind(ct, b, DATA_GRADIENT, _shape(a), geometry)
+    if mode == DATA_GRADIENT:  # a = dy, b = w, ct ~ x
+        return _bind(ct, b, FORWARD, _shape(a), geometry)
+    return _bind(b, ct, DATA_GRADIENT, _shape(a), geometry)  # a = x, b = dy, ct ~ w
+
+
+def _transpose_b(ct, a, b, *, mode, shape, geometry):
+    if mode == FORWARD:  # a = x, b = w
+        return _bind(a, ct, WEIGHT_GRADIENT, _shape(b), geometry)
+    if mode == DATA_GRADIENT:  # a = dy, b = w, ct ~ x
+        return _bind(ct, a, WEIGHT_GRADIENT, _shape(b), geometry)
+    return _bind(a, ct, FORWARD, _shape(b), geometry)  # a = x, b = dy, ct ~ w
+
+
+def _batch(args, dims, *, mode, shape, geometry):
+    """Folds a vmapped axis into the image batch where the kernel is shared; loops over it otherwise."""
+    (a, b), (da, db) = args, dims
+    if mode != WEIGHT_GRADIENT and db is None:
+        a = jnp.moveaxis(a, da, 0)
+        size = a.shape[0]
+        folded = _bind(a.reshape((-1,) + a.shape[2:]), b, mode, (size * shape[0],) + shape[1:], geometry)
+        return folded.reshape((size,) + shape), 0
+    size = a.shape[da] if da is not None else b.shape[db]
+    a = jnp.broadcast_to(a, (size,) + a.shape) if da is None else jnp.moveaxis(a, da, 0)
+    b = jnp.broadcast_to(b, (size,) + b.shape) if db is None else jnp.moveaxis(b, db, 0)
+    return jnp.stack([_bind(a[i], b[i], mode, shape, geometry) for i in range(size)]), 0
+
+
+def _impl(a, b, **params):
+    return jax.jit(lambda a, b: conv_p.bind(a, b, **params))(a, b)
+
+
+conv_p.def_impl(_impl)
+conv_p.def_abstract_eval(_abstract_eval)
+ad.defbilinear(conv_p, _transpose_a, _transpose_b)
+batching.primitive_batchers[conv_p] = _batch
+mlir.register_lowering(conv_p, mlir.lower_fun(_lower, multiple_results=False), platform="cpu")
