@@ -38,6 +38,8 @@ class Recipe:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     augment: tuple[str, ...] = ()
+    crop_padding: int = 4
+    test_time_flip: bool = False
     validation_fraction: float = 0.0
     eval_batch_size: int = 1000
 
@@ -70,6 +72,10 @@ def define_engine_flags(recipe: Recipe) -> None:
     flags.DEFINE_float("label_smoothing", recipe.label_smoothing, "Label smoothing.")
     flags.DEFINE_list("augment", list(recipe.augment),
                       "Augmentations in order, from crop,flip,cutout; empty for none.")
+    flags.DEFINE_integer("crop_padding", recipe.crop_padding,
+                         "Pixels a random crop may shift an image by (zero padding on each side).")
+    flags.DEFINE_bool("test_time_flip", recipe.test_time_flip,
+                      "Evaluate on the mean logits of each image and its mirror image.")
     flags.DEFINE_integer("seed", 0, "Seed of init, data order, dropout and augmentation.")
     flags.DEFINE_string("data_dir", None,
                         "TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
@@ -124,7 +130,7 @@ def run(values: flags.FlagValues) -> dict:
 
     setup(values)
     config = train_config(values)
-    augment = data.make_augment(values.augment)
+    augment = data.make_augment(values.augment, crop_padding=values.crop_padding)
     models.model_spec(values.model)
     check_batch_sizes(values)
     size = values.image_size
@@ -155,7 +161,7 @@ def train_config(values: flags.FlagValues):
         weight_decay=values.weight_decay, label_smoothing=values.label_smoothing,
         seed=values.seed, log_every_steps=values.log_every_steps,
         checkpoint_every_steps=values.checkpoint_every_steps,
-        keep_checkpoints=values.keep_checkpoints)
+        keep_checkpoints=values.keep_checkpoints, test_time_flip=values.test_time_flip)
 
 
 def check_batch_sizes(values: flags.FlagValues) -> None:

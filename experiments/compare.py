@@ -175,7 +175,7 @@ def _plan(values: flags.FlagValues, study: Study, arm: Arm) -> _Plan:
               "model_kwargs": dict(arm.model_kwargs), "study": study.name, "arm": arm.name}
     _check_same_settings(workdir, record)
     config = common.train_config(values)
-    augment = data.make_augment(values.augment)
+    augment = data.make_augment(values.augment, crop_padding=values.crop_padding)
     common.check_batch_sizes(values)
     return _Plan(arm, workdir, record, config, augment, common.data_config(values))
 

@@ -76,7 +76,7 @@ def run(values: flags.FlagValues) -> dict:
     spec = pretrained.pretrained_spec(values.backbone)
     _check_modes(values)
     config = common.train_config(values)
-    augment = data.make_augment(values.augment)
+    augment = data.make_augment(values.augment, crop_padding=values.crop_padding)
     common.check_batch_sizes(values)
     size = values.image_size or spec.image_size
     image_shape = (size, size, 3)

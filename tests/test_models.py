@@ -24,8 +24,9 @@ REQUIRED_MODELS = (
 # Params with 10 classes at the designed input. Published: resnet20/56 (He et al. 2016, table 6, 0.27M/0.85M,
 # exact with option-A shortcuts), resnet32/44 (0.46M/0.66M there), lenet5 (6-16-120-84, fully connected C3),
 # mlp and simple_cnn (the Keras mnist_mlp and mnist_convnet examples print 669,706 and 34,826). cnn3, vgg_mini
-# and alexnet_mini pin the designs their docstrings state.
+# alexnet_mini and airbench pin the designs their docstrings state.
 PARAMS = {
+    "airbench": 1_972_792, "airbench_half": 498_104,
     "mlp": 669_706, "simple_cnn": 34_826, "lenet5": 61_706, "cnn3": 551_018, "vgg_mini": 4_102_090,
     "alexnet_mini": 7_706_442, "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
 }
@@ -41,6 +42,8 @@ SOWN = {
     "vgg_mini": {"stage1": (16, 16, 64), "stage2": (8, 8, 128), "stage3": (4, 4, 256), "features": (4, 4, 256)},
     "alexnet_mini": {"stage1": (16, 16, 64), "stage2": (8, 8, 192), "stage3": (4, 4, 256), "features": (4, 4, 256)},
     **{f"resnet{depth}": _RESNET_MAPS for depth in (20, 32, 44, 56)},
+    "airbench": {"stage1": (16, 16, 64), "stage2": (8, 8, 256), "stage3": (4, 4, 256), "features": (256,)},
+    "airbench_half": {"stage1": (16, 16, 32), "stage2": (8, 8, 128), "stage3": (4, 4, 128), "features": (128,)},
 }
 BATCHNORM_MODELS = ("cnn3", "vgg_mini", "resnet20")
 

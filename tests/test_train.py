@@ -19,7 +19,7 @@ import pytest
 from cnn_jax import data
 from cnn_jax.train import (
     CheckpointMismatchError, Checkpointer, TrainConfig, TrainingDiverged, create_train_state,
-    cross_entropy, make_optimizer, make_schedule, make_train_step, train_and_evaluate)
+    cross_entropy, eval_step, make_optimizer, make_schedule, make_train_step, train_and_evaluate)
 from cnn_jax.train.metrics import ProgressBar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,6 +202,17 @@ def test_same_seed_same_metrics_and_another_seed_differs():
     jax.tree.map(np.testing.assert_array_equal, state_a.params, state_b.params)
     assert run_a[-1]["loss"] != run_c[-1]["loss"]
     assert int(state_a.step) == 3
+
+
+def test_test_time_flip_averages_each_image_with_its_mirror():
+    state = _train_steps(0, next(tiny_dataset().train_batches(0)), 2)[0]
+    batch = next(tiny_dataset().eval_batches("test"))
+    mirrored = {**batch, "image": batch["image"][:, :, ::-1]}
+    plain, flipped = eval_step(state, batch), eval_step(state, mirrored)
+    tta, tta_mirrored = eval_step(state, batch, test_time_flip=True), eval_step(state, mirrored, test_time_flip=True)
+    assert (plain["predictions"] != flipped["predictions"]).any()  # the net is not mirror-symmetric ...
+    np.testing.assert_array_equal(tta["predictions"], tta_mirrored["predictions"])  # ... its flip average is
+    np.testing.assert_allclose(tta["loss"], tta_mirrored["loss"], rtol=1e-5)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class TrainConfig:
       keep_checkpoints: how many of the latest checkpoints to keep for resuming.
       progress_bar: draw a one-line progress bar on stderr.
       tensorboard: also write TensorBoard event files (imports TensorFlow, a few seconds).
+      test_time_flip: evaluate on the mean logits of each image and its left-right mirror
+        (for data whose classes are mirror-symmetric, as CIFAR-10's are).
     """
 
     epochs: int = 10
@@ -50,6 +52,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress_bar: bool = True
     tensorboard: bool = True
+    test_time_flip: bool = False
 
     def __post_init__(self):
         _require(self.epochs >= 1, "epochs", self.epochs, "use at least 1 epoch")

@@ -80,13 +80,17 @@ def make_train_step(augment: Optional[Augment] = None, label_smoothing: float = 
     return train_step
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
+def eval_step(state: TrainState, batch: dict, test_time_flip: bool = False) -> dict:
     """Sums over the real (mask == 1) examples of a batch, plus every example's prediction.
 
     Returns `correct` and `loss` (sums), `count` (real examples) and `predictions` (argmax of
     the logits, for confusion matrices; padded rows included, drop them with the mask).
+    With `test_time_flip` the logits are the mean of those of each image and its mirror image.
     """
-    logits = state.apply_fn(state.variables, batch["image"], train=False)
+    images = batch["image"]
+    logits = state.apply_fn(state.variables, images, train=False)
+    if test_time_flip:
+        logits = (logits + state.apply_fn(state.variables, images[:, :, ::-1], train=False)) / 2
     predictions = jnp.argmax(logits, -1).astype(jnp.int32)
     mask = batch["mask"]
     return {
