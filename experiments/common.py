@@ -91,7 +91,8 @@ def define_engine_flags(recipe: Recipe) -> None:
     flags.DEFINE_string("compilation_cache_dir", DEFAULT_CACHE_DIR,
                         "Persistent XLA compilation cache; empty to disable.")
     flags.DEFINE_string("coordinator_address", None,
-                        "host:port of process 0, for multi-host runs (jax.distributed).")
+                        "host:port of process 0, for multi-host runs (jax.distributed); 'auto' on TPU pod "
+                        "slices and SLURM/MPI clusters, which JAX detects.")
     flags.DEFINE_integer("num_processes", 1, "Processes in a multi-host run.")
     flags.DEFINE_integer("process_id", 0, "This process's index in a multi-host run.")
     flags.DEFINE_string("dataset", recipe.dataset, "TFDS dataset name, or the path of a folder "

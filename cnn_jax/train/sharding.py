@@ -40,9 +40,14 @@ def maybe_initialize_distributed(coordinator_address: Optional[str], num_process
     """Joins a multi-process (multi-host) run when a coordinator address is given.
 
     Must run before anything touches the devices. Without an address this is single-process
-    and does nothing.
+    and does nothing. "auto" lets JAX read the cluster from its environment (Cloud TPU pod
+    slices, SLURM, Open MPI), where it needs no address, process count or id.
     """
     if not coordinator_address:
+        return
+    if coordinator_address == "auto":
+        jax.distributed.initialize()
+        logging.info("process %d of %d joined the run", jax.process_index(), jax.process_count())
         return
     if not 0 <= process_id < num_processes:
         raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes}).")
