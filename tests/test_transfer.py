@@ -246,6 +246,34 @@ def test_two_phase_transfer_end_to_end_then_predict(tmp_path):
     assert all(len(line["top_k"]) == 2 and line["top_k"][0]["class"] in COLORS for line in lines)
 
 
+def test_from_scratch_baseline_trains_every_stage_without_pretrained_weights(tmp_path):
+    """The baseline needs no weights (an empty cache stays empty), trains the whole network, and says so."""
+    folder, workdir, cache = tmp_path / "photos", tmp_path / "run", tmp_path / "cache"
+    write_image_folder(folder)
+    cache.mkdir()
+    proc = _run("-m", "experiments.transfer", f"--workdir={workdir}", f"--dataset={folder}", f"--cache_dir={cache}",
+                "--from_scratch", "--epochs=1", "--image_size=32", "--batch_size=4", "--eval_batch_size=4",
+                "--learning_rate=0.01", f"--compilation_cache_dir={tmp_path / 'xla'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(cache.iterdir()) == []
+    with open(workdir / "results.json") as f:
+        results = json.load(f)
+    assert results["flags"]["from_scratch"] is True and results["steps"] == 3
+    _, variables, meta = export.load_export(str(workdir))
+    assert meta.model_name == "efficientnet_lite0"
+    shapes = jax.eval_shape(pretrained.pretrained_spec("efficientnet_lite0").build(num_classes=3).init,
+                            jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    trained = _flat(variables["params"])
+    assert {name: value.shape for name, value in trained.items()} == {
+        name: value.shape for name, value in _flat(shapes["params"]).items()}
+    # BatchNorm scales start at 1 and biases at 0: every part of the network that has them has moved.
+    initial = {"scale": 1.0, "bias": 0.0}
+    constants = {name: initial[name.rsplit("/", 1)[1]] for name in trained if name.rsplit("/", 1)[1] in initial}
+    parts = {name.split("/")[0] for name in constants}
+    moved = {name.split("/")[0] for name, value in constants.items() if not np.all(trained[name] == value)}
+    assert len(parts) > 5 and moved == parts
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--backbone=resnet9000", "no pretrained weights named 'resnet9000'; choose one of: efficientnet_lite0"),
     ("--unfreeze=2", "--unfreeze=2 with --mode=feature_extract, which trains only the head"),
