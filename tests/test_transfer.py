@@ -252,7 +252,7 @@ def test_from_scratch_baseline_trains_every_stage_without_pretrained_weights(tmp
     write_image_folder(folder)
     cache.mkdir()
     proc = _run("-m", "experiments.transfer", f"--workdir={workdir}", f"--dataset={folder}", f"--cache_dir={cache}",
-                "--from_scratch", "--epochs=1", "--image_size=32", "--batch_size=4", "--eval_batch_size=4",
+                "--from_scratch", "--backbone=resnet18", "--epochs=1", "--image_size=32", "--batch_size=4", "--eval_batch_size=4",
                 "--learning_rate=0.01", f"--compilation_cache_dir={tmp_path / 'xla'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(cache.iterdir()) == []
@@ -260,12 +260,12 @@ def test_from_scratch_baseline_trains_every_stage_without_pretrained_weights(tmp
         results = json.load(f)
     assert results["flags"]["from_scratch"] is True and results["steps"] == 3
     _, variables, meta = export.load_export(str(workdir))
-    assert meta.model_name == "efficientnet_lite0"
-    shapes = jax.eval_shape(pretrained.pretrained_spec("efficientnet_lite0").build(num_classes=3).init,
+    assert meta.model_name == "resnet18"
+    shapes = jax.eval_shape(pretrained.pretrained_spec("resnet18").build(num_classes=3).init,
                             jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     trained = _flat(variables["params"])
     assert {name: value.shape for name, value in trained.items()} == {
-        name: value.shape for name, value in _flat(shapes["params"]).items()}
+        "/".join(key): value.shape for key, value in traverse_util.flatten_dict(dict(shapes["params"])).items()}
     # BatchNorm scales start at 1 and biases at 0: every part of the network that has them has moved.
     initial = {"scale": 1.0, "bias": 0.0}
     constants = {name: initial[name.rsplit("/", 1)[1]] for name in trained if name.rsplit("/", 1)[1] in initial}
