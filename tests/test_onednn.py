@@ -128,3 +128,12 @@ def test_without_a_compiler_convolutions_fall_back_to_xla_with_a_warning(tmp_pat
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "100.0"]  # 4 corners x 4 + 8 edges x 6 + 4 inner x 9
     assert "no C++ compiler" in done.stderr and "using XLA's" in done.stderr
+
+
+def test_several_cpu_devices_keep_convolutions_on_xla():
+    """A custom call cannot be partitioned: with data parallelism over CPU devices, convolutions stay XLA's."""
+    code = ("import jax.numpy as jnp, jax; from cnn_jax import ops; "
+            "print(jax.jit(ops.conv2d).lower(jnp.zeros((8, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))).as_text())")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    text = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "convolution" in text and "cnn_jax_conv" not in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -68,8 +69,14 @@ def _onednn_conv(x, kernel, strides, dilations, pads, mode):
 
 
 def _onednn_serves(x, kernel, groups, pads) -> bool:
+    """Dense float32 convolutions with zero padding, on a CPU backend of one device.
+
+    With several CPU devices (simulated ones, or a multi-process CPU run) XLA's convolution is used: XLA cannot
+    partition a custom call, so a batch-sharded oneDNN call would gather the whole batch onto every device.
+    """
     dense_f32 = groups == 1 and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
-    return dense_f32 and min(p for pair in pads for p in pair) >= 0 and onednn.available()
+    single_cpu = len(jax.devices("cpu")) == 1
+    return dense_f32 and single_cpu and min(p for pair in pads for p in pair) >= 0 and onednn.available()
 
 
 def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None, *,
