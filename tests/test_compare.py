@@ -22,7 +22,7 @@ from cnn_jax import ops
 from cnn_jax.models import get_model
 from cnn_jax.plots.comparison import plot_comparison
 from cnn_jax.train import TrainConfig
-from experiments import compare
+from experiments import compare, mnist
 
 # Each arm's parameters with 10 classes, worked out by hand: convs k*k*in*out + out, the dense head
 # flatten*10 + 10 (VALID 3x3 convs leave 5x5 maps of 28x28 digits, 5x5 convs 4x4), the MLP on
@@ -169,7 +169,8 @@ def test_mnist_sweep_trains_its_arms_then_a_rerun_reads_them_back(tmp_path):
     comparison = check_comparison(workdir, "mnist_sweep", ["default", "kernel_5"])
     flags = read_json(workdir / "kernel_5" / "flags.json")  # the MNIST recipe, the arm's model, --epochs
     assert (flags["optimizer"], flags["model"], flags["model_kwargs"]) == ("adam", "simple_cnn", {"kernel_size": 5})
-    assert flags["warmup_epochs"] == pytest.approx(0.3 / 3)
+    recipe = mnist.RECIPE  # its warmup, scaled to the study's single epoch
+    assert flags["warmup_epochs"] == pytest.approx(recipe.warmup_epochs / recipe.epochs)
     assert "| kernel_5 | simple_cnn | 5x5 kernels | 62,346 |" in proc.stdout
     if flags["data_dir"] == SHARED_DATA:  # Real digits: even 8 steps learn something.
         assert comparison["arms"][0]["test_accuracy"] > 0.5
