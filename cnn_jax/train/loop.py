@@ -6,6 +6,7 @@ where an uninterrupted run would have.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -30,6 +31,9 @@ from cnn_jax.train.steps import Augment, eval_step, make_train_step
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2
+# Steps the host may dispatch ahead of the devices. Enough to hide dispatch; bounded because with several CPU
+# devices a long queue of steps with collectives deadlocks XLA:CPU's rendezvous (8 simulated devices, 100 steps).
+MAX_STEPS_IN_FLIGHT = 4
 GRID_IMAGES = 24  # Test images in the prediction grid, up to half of them mistakes.
 
 
@@ -112,9 +116,13 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
             batches = _checked(dataset.train_batches(epoch, step % steps_per_epoch), mesh,
                                "batch size")
             logger.resume_clock()
+            in_flight = collections.deque()
             for batch in prefetch_to_device(batches, PREFETCH_BATCHES, on_batch):
                 state, metrics = train_step(state, batch)
                 step += 1
+                in_flight.append(metrics["loss"])
+                if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                    in_flight.popleft().block_until_ready()
                 logger.add(step, metrics, batch["image"].shape[0])
                 if step % config.log_every_steps == 0:
                     logger.flush(step)
