@@ -112,11 +112,16 @@ def test_bfloat16_and_grouped_convolutions_stay_on_xla():
     assert "cnn_jax_conv" not in grouped.as_text()
 
 
-def test_environment_variable_keeps_convolutions_on_xla():
+def lowered_in_fresh_process(batch: int, **environment) -> str:
+    """The StableHLO of a jitted 3x3 convolution, lowered by a new Python with ``environment`` added."""
     code = ("import jax.numpy as jnp, jax; from cnn_jax import ops; "
-            "print(jax.jit(ops.conv2d).lower(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))).as_text())")
-    env = dict(os.environ, CNN_JAX_CONV="xla")
-    text = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+            f"print(jax.jit(ops.conv2d).lower(jnp.zeros(({batch}, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))).as_text())")
+    env = dict(os.environ, **environment)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+
+def test_environment_variable_keeps_convolutions_on_xla():
+    text = lowered_in_fresh_process(1, CNN_JAX_CONV="xla")
     assert "convolution" in text and "cnn_jax_conv" not in text
 
 
@@ -132,8 +137,5 @@ def test_without_a_compiler_convolutions_fall_back_to_xla_with_a_warning(tmp_pat
 
 def test_several_cpu_devices_keep_convolutions_on_xla():
     """A custom call cannot be partitioned: with data parallelism over CPU devices, convolutions stay XLA's."""
-    code = ("import jax.numpy as jnp, jax; from cnn_jax import ops; "
-            "print(jax.jit(ops.conv2d).lower(jnp.zeros((8, 8, 8, 4)), jnp.zeros((3, 3, 4, 4))).as_text())")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    text = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    text = lowered_in_fresh_process(8, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     assert "convolution" in text and "cnn_jax_conv" not in text

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnn_jax.ops import arithmetic
 from cnn_jax.ops import onednn
 from cnn_jax.ops import padding as padding_lib
 
@@ -36,6 +37,18 @@ def _explicit_padding(x, kernel, stride, padding, dilation):
     return strides, dilations, pads, mode
 
 
+def _unpadded_output_hw(x, kernel, strides, dilations) -> tuple[int, int]:
+    return tuple(arithmetic.conv_output_size(x.shape[1 + axis], kernel.shape[axis], strides[axis], 0,
+                                             dilations[axis]) for axis in (0, 1))
+
+
+def _wrap_first(x, pads, mode):
+    """Circular padding done up front, leaving the convolution no padding; zero padding left to the kernel."""
+    if mode == "wrap":
+        return padding_lib.apply(x, pads, mode), ((0, 0), (0, 0))
+    return x, pads
+
+
 def _depthwise_shifted(x, kernel, strides, dilations, pads, mode):
     """Depthwise convolution as a sum of kh * kw shifted, scaled copies of the input.
 
@@ -44,8 +57,7 @@ def _depthwise_shifted(x, kernel, strides, dilations, pads, mode):
     """
     x = padding_lib.apply(x, pads, mode)
     (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilations
-    out_h = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
-    out_w = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _unpadded_output_hw(x, kernel, strides, dilations)
     y = None
     for i in range(kh):
         for j in range(kw):
@@ -56,15 +68,13 @@ def _depthwise_shifted(x, kernel, strides, dilations, pads, mode):
 
 
 def _xla_conv(x, kernel, strides, dilations, pads, mode, groups):
-    if mode == "wrap":
-        x, pads = padding_lib.apply(x, pads, mode), ((0, 0), (0, 0))
+    x, pads = _wrap_first(x, pads, mode)
     return lax.conv_general_dilated(x, kernel, window_strides=strides, padding=pads, rhs_dilation=dilations,
                                     dimension_numbers=_DIMENSIONS, feature_group_count=groups)
 
 
 def _onednn_conv(x, kernel, strides, dilations, pads, mode):
-    if mode == "wrap":
-        x, pads = padding_lib.apply(x, pads, mode), ((0, 0), (0, 0))
+    x, pads = _wrap_first(x, pads, mode)
     return onednn.conv2d(x, kernel, strides, pads, dilations)
 
 
@@ -117,8 +127,7 @@ def conv2d_reference(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.nda
     strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
     x = padding_lib.apply(x, pads, mode)
     (kh, kw, in_per_group, features), (sh, sw), (dh, dw) = kernel.shape, strides, dilations
-    out_h = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
-    out_w = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _unpadded_output_hw(x, kernel, strides, dilations)
     rows = (jnp.arange(out_h) * sh)[:, None] + (jnp.arange(kh) * dh)[None, :]  # (out_h, kh)
     cols = (jnp.arange(out_w) * sw)[:, None] + (jnp.arange(kw) * dw)[None, :]  # (out_w, kw)
     patches = x[:, rows[:, None, :, None], cols[None, :, None, :], :]  # (N, out_h, out_w, kh, kw, C)

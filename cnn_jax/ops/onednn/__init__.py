@@ -11,7 +11,13 @@ import ctypes
 
 import numpy as np
 
+from cnn_jax.ops import arithmetic
 from cnn_jax.ops.onednn import build
+
+
+def _output_hw(x_shape, kernel_shape, strides, pads, dilations) -> tuple[int, int]:
+    return tuple(arithmetic.conv_output_size(x_shape[1 + axis], kernel_shape[axis], strides[axis], tuple(pads[axis]),
+                                             dilations[axis]) for axis in (0, 1))
 
 
 def available() -> bool:
@@ -23,9 +29,7 @@ def conv2d(x, kernel, strides, pads, dilations):
     """``x`` (N, H, W, C) float32 with ``kernel`` (kh, kw, C, F), explicit non-negative ``pads``; CPU only."""
     from cnn_jax.ops.onednn import primitive
 
-    (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilations
-    out_h = (x.shape[1] + sum(pads[0]) - (kh - 1) * dh - 1) // sh + 1
-    out_w = (x.shape[2] + sum(pads[1]) - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _output_hw(x.shape, kernel.shape, strides, pads, dilations)
     geometry = (tuple(strides), tuple(map(tuple, pads)), tuple(dilations))
     return primitive.forward(x, kernel, geometry, (x.shape[0], out_h, out_w, kernel.shape[3]))
 
@@ -36,7 +40,6 @@ def implementation(mode: int, x_shape, kernel_shape, strides, pads, dilations) -
     if library is None:
         return "unavailable"
     (n, h, w, c), (kh, kw, _, o) = x_shape, kernel_shape
-    out_h = (h + sum(pads[0]) - (kh - 1) * dilations[0] - 1) // strides[0] + 1
-    out_w = (w + sum(pads[1]) - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    out_h, out_w = _output_hw(x_shape, kernel_shape, strides, pads, dilations)
     dims = np.asarray([n, h, w, c, kh, kw, o, out_h, out_w, *strides, *pads[0], *pads[1], *dilations], np.int64)
     return library.CnnJaxConvImplementation(mode, dims.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))).decode()
