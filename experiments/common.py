@@ -101,9 +101,9 @@ def define_engine_flags(recipe: Recipe) -> None:
                       "frequency of its class in the train split (for imbalanced data).")
 
 
-def main(argv, run_experiment=None) -> None:
-    """Runs the experiment the flags describe (with `run_experiment(flags)`, default `run`);
-    known failures print one message, exit 1."""
+def main(argv, run_experiment=None, report=None) -> None:
+    """Runs the experiment the flags describe (with `run_experiment(flags)`, default `run`) and prints
+    `report(results)` (default: test accuracy, time and speed); known failures print one message, exit 1."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Quiets orbax's per-save INFO lines.
@@ -116,9 +116,13 @@ def main(argv, run_experiment=None) -> None:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted: run the same command again to resume from the latest checkpoint")
-    print(f"test accuracy {results['test_accuracy']:.4f} in {results['wall_time_s']:.1f} s "
-          f"({results['train_images_per_sec']:,.0f} train images/s); "
-          f"results in {os.path.join(flags.FLAGS.workdir, 'results.json')}")
+    print((report or _report)(results))
+
+
+def _report(results: dict) -> str:
+    return (f"test accuracy {results['test_accuracy']:.4f} in {results['wall_time_s']:.1f} s "
+            f"({results['train_images_per_sec']:,.0f} train images/s); "
+            f"results in {os.path.join(flags.FLAGS.workdir, 'results.json')}")
 
 
 def run(values: flags.FlagValues) -> dict:
@@ -184,12 +188,14 @@ def data_config(values: flags.FlagValues, image_size=None):
 
 
 def train(values: flags.FlagValues, dataset, config, augment, model_name: str,
-          model_kwargs: dict, *, workdir=None, flags_record=None, fine_tuning=None) -> dict:
+          model_kwargs: dict, *, workdir=None, flags_record=None, fine_tuning=None,
+          start_time=None) -> dict:
     """Trains zoo model `model_name` (built with `model_kwargs`, in bfloat16 with
     --half_precision) on `dataset` in `workdir` (default --workdir) and exports it there.
 
     `flags_record` (default: `experiment_flags(values)`) goes to flags.json and results.json;
-    `fine_tuning` is the engine's (a pretrained start, frozen parts).
+    `fine_tuning` is the engine's (a pretrained start, frozen parts); `start_time` (default: this
+    process's start) is when the run's wall_time_s begins.
     """
     import jax
 
@@ -207,7 +213,8 @@ def train(values: flags.FlagValues, dataset, config, augment, model_name: str,
     return engine.train_and_evaluate(
         model, dataset, config, workdir, augment=augment,
         flags=experiment_flags(values) if flags_record is None else flags_record,
-        start_time=START_TIME, fine_tuning=fine_tuning, class_weights=class_weights, export=save)
+        start_time=START_TIME if start_time is None else start_time, fine_tuning=fine_tuning,
+        class_weights=class_weights, export=save)
 
 
 def experiment_flags(values: flags.FlagValues) -> dict:

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
 sys.path.insert(0, SCRIPTS)
 
-from bench_lib import RecordSpec, plan, random_batch  # noqa: E402
+from bench_lib import RecordSpec, plan  # noqa: E402
 
 KEYS = {"framework", "model", "mode", "batch_size", "images_per_sec", "compile_s", "peak_mem_mb", "flops_fraction"}
 SMOKE = ["--models=simple_cnn", "--batch_size=8", "--steps=2", "--warmup_steps=1", "--min_seconds=0",

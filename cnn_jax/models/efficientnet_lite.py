@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 from typing import Sequence, Tuple
 
-import jax.numpy as jnp
-
 from cnn_jax.models.mobilenet_v2 import MIN_SIZE, InvertedResidualNet, Stage, make_divisible
 from cnn_jax.models.registry import register
 

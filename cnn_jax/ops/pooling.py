@@ -5,8 +5,6 @@ faster than ``lax.reduce_window`` and its gradient, and it gives identical resul
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import jax.numpy as jnp
 from jax import lax
 
