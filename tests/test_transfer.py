@@ -25,6 +25,7 @@ from PIL import Image
 
 from cnn_jax import data, export, pretrained, train
 from cnn_jax.layers import ConvBN
+from experiments import transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = ("blue", "green", "red")  # class names, sorted; the image's dominant channel is its class
@@ -260,7 +261,7 @@ def test_from_scratch_baseline_trains_every_stage_without_pretrained_weights(tmp
         results = json.load(f)
     assert results["flags"]["from_scratch"] is True and results["steps"] == 3
     _, variables, meta = export.load_export(str(workdir))
-    assert meta.model_name == "resnet18"
+    assert meta.model_name == "resnet18" and meta.model_kwargs["bn_momentum"] == transfer.FROM_SCRATCH_BN_MOMENTUM
     shapes = jax.eval_shape(pretrained.pretrained_spec("resnet18").build(num_classes=3).init,
                             jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     trained = _flat(variables["params"])
