@@ -189,7 +189,7 @@ def data_config(values: flags.FlagValues, image_size=None):
 
 def train(values: flags.FlagValues, dataset, config, augment, model_name: str,
           model_kwargs: dict, *, workdir=None, flags_record=None, fine_tuning=None,
-          start_time=None) -> dict:
+          start_time: float = START_TIME) -> dict:
     """Trains zoo model `model_name` (built with `model_kwargs`, in bfloat16 with
     --half_precision) on `dataset` in `workdir` (default --workdir) and exports it there.
 
@@ -213,7 +213,7 @@ def train(values: flags.FlagValues, dataset, config, augment, model_name: str,
     return engine.train_and_evaluate(
         model, dataset, config, workdir, augment=augment,
         flags=experiment_flags(values) if flags_record is None else flags_record,
-        start_time=START_TIME if start_time is None else start_time, fine_tuning=fine_tuning,
+        start_time=start_time, fine_tuning=fine_tuning,
         class_weights=class_weights, export=save)
 
 

@@ -55,6 +55,12 @@ class ReceptiveField(NamedTuple):
     start: float
 
 
+
+def conv_output_hw(size_hw, kernel_hw, strides, pads, dilations) -> tuple[int, int]:
+    """``conv_output_size`` along height and width, with explicit ``pads`` ((top, bottom), (left, right))."""
+    return tuple(conv_output_size(size_hw[axis], kernel_hw[axis], strides[axis], tuple(pads[axis]), dilations[axis])
+                 for axis in (0, 1))
+
 def receptive_field(layers: Sequence) -> ReceptiveField:
     """Receptive field of the last layer of a stack, each layer a ``LayerGeometry`` or (kernel, stride[, padding[, dilation]]).
 

@@ -37,15 +37,13 @@ def _explicit_padding(x, kernel, stride, padding, dilation):
     return strides, dilations, pads, mode
 
 
-def _unpadded_output_hw(x, kernel, strides, dilations) -> tuple[int, int]:
-    return tuple(arithmetic.conv_output_size(x.shape[1 + axis], kernel.shape[axis], strides[axis], 0,
-                                             dilations[axis]) for axis in (0, 1))
+_NO_PADS = ((0, 0), (0, 0))
 
 
 def _wrap_first(x, pads, mode):
     """Circular padding done up front, leaving the convolution no padding; zero padding left to the kernel."""
     if mode == "wrap":
-        return padding_lib.apply(x, pads, mode), ((0, 0), (0, 0))
+        return padding_lib.apply(x, pads, mode), _NO_PADS
     return x, pads
 
 
@@ -57,7 +55,7 @@ def _depthwise_shifted(x, kernel, strides, dilations, pads, mode):
     """
     x = padding_lib.apply(x, pads, mode)
     (kh, kw), (sh, sw), (dh, dw) = kernel.shape[:2], strides, dilations
-    out_h, out_w = _unpadded_output_hw(x, kernel, strides, dilations)
+    out_h, out_w = arithmetic.conv_output_hw(x.shape[1:3], kernel.shape[:2], strides, _NO_PADS, dilations)
     y = None
     for i in range(kh):
         for j in range(kw):
@@ -127,7 +125,7 @@ def conv2d_reference(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.nda
     strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
     x = padding_lib.apply(x, pads, mode)
     (kh, kw, in_per_group, features), (sh, sw), (dh, dw) = kernel.shape, strides, dilations
-    out_h, out_w = _unpadded_output_hw(x, kernel, strides, dilations)
+    out_h, out_w = arithmetic.conv_output_hw(x.shape[1:3], kernel.shape[:2], strides, _NO_PADS, dilations)
     rows = (jnp.arange(out_h) * sh)[:, None] + (jnp.arange(kh) * dh)[None, :]  # (out_h, kh)
     cols = (jnp.arange(out_w) * sw)[:, None] + (jnp.arange(kw) * dw)[None, :]  # (out_w, kw)
     patches = x[:, rows[:, None, :, None], cols[None, :, None, :], :]  # (N, out_h, out_w, kh, kw, C)

@@ -15,11 +15,6 @@ from cnn_jax.ops import arithmetic
 from cnn_jax.ops.onednn import build
 
 
-def _output_hw(x_shape, kernel_shape, strides, pads, dilations) -> tuple[int, int]:
-    return tuple(arithmetic.conv_output_size(x_shape[1 + axis], kernel_shape[axis], strides[axis], tuple(pads[axis]),
-                                             dilations[axis]) for axis in (0, 1))
-
-
 def available() -> bool:
     """Whether the kernel is built and registered (building it on first call)."""
     return build.load() is not None
@@ -29,7 +24,7 @@ def conv2d(x, kernel, strides, pads, dilations):
     """``x`` (N, H, W, C) float32 with ``kernel`` (kh, kw, C, F), explicit non-negative ``pads``; CPU only."""
     from cnn_jax.ops.onednn import primitive
 
-    out_h, out_w = _output_hw(x.shape, kernel.shape, strides, pads, dilations)
+    out_h, out_w = arithmetic.conv_output_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilations)
     geometry = (tuple(strides), tuple(map(tuple, pads)), tuple(dilations))
     return primitive.forward(x, kernel, geometry, (x.shape[0], out_h, out_w, kernel.shape[3]))
 
@@ -40,6 +35,6 @@ def implementation(mode: int, x_shape, kernel_shape, strides, pads, dilations) -
     if library is None:
         return "unavailable"
     (n, h, w, c), (kh, kw, _, o) = x_shape, kernel_shape
-    out_h, out_w = _output_hw(x_shape, kernel_shape, strides, pads, dilations)
+    out_h, out_w = arithmetic.conv_output_hw((h, w), (kh, kw), strides, pads, dilations)
     dims = np.asarray([n, h, w, c, kh, kw, o, out_h, out_w, *strides, *pads[0], *pads[1], *dilations], np.int64)
     return library.CnnJaxConvImplementation(mode, dims.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))).decode()
