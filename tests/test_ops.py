@@ -15,6 +15,7 @@ rounding remains: ~1e-7 / eps).
 from __future__ import annotations
 
 import itertools
+from unittest import mock
 from typing import NamedTuple
 
 import jax
@@ -176,25 +177,32 @@ def test_conv2d_matches_im2col_reference(case):
 @given(st.sampled_from([1, 3, 4, 5]), st.integers(1, 2), st.sampled_from(["SAME", "VALID", "CIRCULAR", 1, ((0, 2), (1, 0))]),
        st.integers(1, 2), st.integers(5, 9))
 def test_depthwise_conv2d_matches_reference_with_gradients(kernel_size, stride, padding, dilation, size):
-    """Depthwise convs take the shifted multiply-add path on CPU: values and both gradients equal im2col's."""
+    """Depthwise convs, on oneDNN and on the shifted multiply-add path: values and both gradients equal im2col's."""
     channels = 5
     x = np.random.default_rng(size).normal(size=(2, size, size + 1, channels)).astype(np.float32)
     kernel = np.random.default_rng(0).normal(size=(kernel_size, kernel_size, 1, channels)).astype(np.float32)
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=channels)
     assume((kernel_size - 1) * dilation + 1 <= size)
     loss = lambda conv: jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k, **kwargs))), (0, 1)))
-    (value, grads), (expected, expected_grads) = loss(ops.conv2d)(x, kernel), loss(ops.conv2d_reference)(x, kernel)
-    np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
-    for grad, expected_grad in zip(grads, expected_grads):
-        np.testing.assert_allclose(grad, expected_grad, **REORDERED)
+    expected, expected_grads = loss(ops.conv2d_reference)(x, kernel)
+    with mock.patch.object(onednn, "available", lambda: False):  # the shifted path, which float32 skips with oneDNN
+        shifted = loss(ops.conv2d)(x, kernel)
+    for value, grads in (loss(ops.conv2d)(x, kernel), shifted):
+        np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
+        for grad, expected_grad in zip(grads, expected_grads):
+            np.testing.assert_allclose(grad, expected_grad, **REORDERED)
 
 
-def test_depthwise_conv2d_lowers_to_no_convolution_on_cpu():
-    x, kernel = jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 1, 4))
+def test_depthwise_conv2d_off_onednn_lowers_to_no_convolution_on_cpu():
+    """bfloat16 depthwise convolutions (oneDNN's path takes float32) become shifted multiply-adds, not XLA's conv."""
+    x, kernel = jnp.zeros((1, 8, 8, 4), jnp.bfloat16), jnp.zeros((3, 3, 1, 4), jnp.bfloat16)
     text = jax.jit(lambda x, k: ops.conv2d(x, k, groups=4)).lower(x, kernel).as_text()
     assert "convolution" not in text and "cnn_jax_conv" not in text
-    dense = jax.jit(lambda x, k: ops.conv2d(x, k)).lower(x, jnp.zeros((3, 3, 4, 4))).as_text()
-    assert ("cnn_jax_conv" if onednn.available() else "convolution") in dense
+    f32 = jax.jit(lambda x, k: ops.conv2d(x, k, groups=4)).lower(x.astype(jnp.float32), kernel.astype(jnp.float32))
+    if onednn.available():
+        assert "cnn_jax_conv" in f32.as_text()
+    else:
+        assert "convolution" not in f32.as_text()
 
 
 @given(cases(paddings=st.just("SAME")))

@@ -71,20 +71,20 @@ def _xla_conv(x, kernel, strides, dilations, pads, mode, groups):
                                     dimension_numbers=_DIMENSIONS, feature_group_count=groups)
 
 
-def _onednn_conv(x, kernel, strides, dilations, pads, mode):
+def _onednn_conv(x, kernel, strides, dilations, pads, mode, groups):
     x, pads = _wrap_first(x, pads, mode)
-    return onednn.conv2d(x, kernel, strides, pads, dilations)
+    return onednn.conv2d(x, kernel, strides, pads, dilations, groups)
 
 
-def _onednn_serves(x, kernel, groups, pads) -> bool:
-    """Dense float32 convolutions with zero padding, on a CPU backend of one device.
+def _onednn_serves(x, kernel, pads) -> bool:
+    """Float32 convolutions (dense, grouped or depthwise) with zero padding, on a CPU backend of one device.
 
     With several CPU devices (simulated ones, or a multi-process CPU run) XLA's convolution is used: XLA cannot
     partition a custom call, so a batch-sharded oneDNN call would gather the whole batch onto every device.
     """
-    dense_f32 = groups == 1 and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+    f32 = x.dtype == jnp.float32 and kernel.dtype == jnp.float32
     single_cpu = len(jax.devices("cpu")) == 1
-    return dense_f32 and single_cpu and min(p for pair in pads for p in pair) >= 0 and onednn.available()
+    return f32 and single_cpu and min(p for pair in pads for p in pair) >= 0 and onednn.available()
 
 
 def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None, *,
@@ -93,20 +93,22 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = No
 
     Output spatial sizes are ``conv_output_size(n, k, stride, padding, dilation)``. ``groups == C``
     gives a depthwise convolution. Runs on ``lax.conv_general_dilated``; "CIRCULAR" pads by wrapping first.
-    On CPU two cases leave XLA, each for the much faster path measured in BENCHMARKS.md: dense float32
-    convolutions run on oneDNN's kernels (``cnn_jax.ops.onednn``; XLA's weight gradient is 3-5x slower), and
-    depthwise ones (one filter per channel) lower to shifted multiply-adds. Other backends keep XLA's convolution.
+    On CPU two cases leave XLA, each for the much faster path measured in BENCHMARKS.md: float32 convolutions
+    run on oneDNN's kernels (``cnn_jax.ops.onednn``; XLA's weight gradient is 3-5x slower, its grouped ones far
+    slower still), and other depthwise ones (bfloat16, several CPU devices) lower to shifted multiply-adds.
+    Other backends keep XLA's convolution.
     """
     _check(x, kernel, groups)
     strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
     kernel = kernel.astype(x.dtype)
     xla = functools.partial(_xla_conv, strides=strides, dilations=dilations, pads=pads, mode=mode, groups=groups)
-    if groups > 1 and groups == x.shape[-1] == kernel.shape[-1]:
+    if _onednn_serves(x, kernel, pads):
+        on_onednn = functools.partial(_onednn_conv, strides=strides, dilations=dilations, pads=pads, mode=mode,
+                                  groups=groups)
+        y = lax.platform_dependent(x, kernel, cpu=on_onednn, default=xla)
+    elif groups > 1 and groups == x.shape[-1] == kernel.shape[-1]:
         shifted = functools.partial(_depthwise_shifted, strides=strides, dilations=dilations, pads=pads, mode=mode)
         y = lax.platform_dependent(x, kernel, cpu=shifted, default=xla)
-    elif _onednn_serves(x, kernel, groups, pads):
-        dense = functools.partial(_onednn_conv, strides=strides, dilations=dilations, pads=pads, mode=mode)
-        y = lax.platform_dependent(x, kernel, cpu=dense, default=xla)
     else:
         y = xla(x, kernel)
     if bias is not None:

@@ -1,10 +1,11 @@
 // 2-D convolution forward, data gradient and weight gradient on oneDNN, as one XLA FFI custom call.
 //
 // Layouts are the ones cnn_jax uses everywhere: images NHWC, kernels HWIO, float32. The call's two
-// operands and its result depend on `mode`:
-//   0 forward          x  (N,H,W,C),   w  (KH,KW,C,O) -> y  (N,OH,OW,O)
-//   1 data gradient    dy (N,OH,OW,O), w  (KH,KW,C,O) -> dx (N,H,W,C)
-//   2 weight gradient  x  (N,H,W,C),   dy (N,OH,OW,O) -> dw (KH,KW,C,O)
+// operands and its result depend on `mode` (G = groups; G = C is a depthwise convolution):
+//   0 forward          x  (N,H,W,C),   w  (KH,KW,C/G,O) -> y  (N,OH,OW,O)
+//   1 data gradient    dy (N,OH,OW,O), w  (KH,KW,C/G,O) -> dx (N,H,W,C)
+//   2 weight gradient  x  (N,H,W,C),   dy (N,OH,OW,O)   -> dw (KH,KW,C/G,O)
+// A grouped HWIO kernel is oneDNN's 5-D (G, O/G, C/G, KH, KW) in its hwigo layout.
 // Activations stay NHWC (oneDNN's AVX-512 kernels read it directly); kernels are reordered to and from
 // the blocked layout each primitive prefers, which costs little next to the convolution itself.
 // Primitives are built once per shape and cached; the oneDNN primitive cache sits beneath.
@@ -29,14 +30,19 @@ namespace {
 struct Geometry {
   int64_t n, h, w, c, kh, kw, o, oh, ow;
   int64_t sh, sw, pt, pb, pl, pr, dh, dw;
-  int64_t mode;
-  auto key() const { return std::tie(mode, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw); }
+  int64_t groups, mode;
+  auto key() const { return std::tie(mode, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups); }
   bool operator<(const Geometry& other) const { return key() < other.key(); }
 
   memory::desc images() const { return {{n, c, h, w}, memory::data_type::f32, tag::nhwc}; }
   memory::desc outputs() const { return {{n, o, oh, ow}, memory::data_type::f32, tag::nhwc}; }
-  memory::desc user_weights() const { return {{o, c, kh, kw}, memory::data_type::f32, tag::hwio}; }
-  memory::desc any_weights() const { return {{o, c, kh, kw}, memory::data_type::f32, tag::any}; }
+  memory::dims weight_dims() const {
+    return groups == 1 ? memory::dims{o, c, kh, kw} : memory::dims{groups, o / groups, c / groups, kh, kw};
+  }
+  memory::desc user_weights() const {
+    return {weight_dims(), memory::data_type::f32, groups == 1 ? tag::hwio : tag::hwigo};
+  }
+  memory::desc any_weights() const { return {weight_dims(), memory::data_type::f32, tag::any}; }
   memory::dims strides() const { return {sh, sw}; }
   memory::dims dilates() const { return {dh - 1, dw - 1}; }  // oneDNN counts dilation from 0
   memory::dims pad_l() const { return {pt, pl}; }
@@ -185,8 +191,8 @@ std::string Shape(ffi::Span<const int64_t> dims) {
 
 ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out, int64_t mode,
                 ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-                ffi::Span<const int64_t> dilation) {
-  if (mode < 0 || mode > 2 || strides.size() != 2 || padding.size() != 4 || dilation.size() != 2) {
+                ffi::Span<const int64_t> dilation, int64_t groups) {
+  if (mode < 0 || mode > 2 || strides.size() != 2 || padding.size() != 4 || dilation.size() != 2 || groups < 1) {
     return ffi::Error::InvalidArgument("cnn_jax_conv: bad mode or geometry attributes");
   }
   auto images = mode == 1 ? out->dimensions() : a.dimensions();
@@ -195,9 +201,13 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuf
   if (images.size() != 4 || kernel.size() != 4 || outputs.size() != 4) {
     return ffi::Error::InvalidArgument("cnn_jax_conv: operands must be rank 4 (NHWC images, HWIO kernel)");
   }
+  if (kernel[2] * groups != images[3] || kernel[3] % groups) {
+    return ffi::Error::InvalidArgument("cnn_jax_conv: kernel " + Shape(kernel) + " does not fit images " +
+                                       Shape(images) + " in " + std::to_string(groups) + " groups");
+  }
   Geometry g{images[0], images[1], images[2], images[3], kernel[0], kernel[1], kernel[3], outputs[1], outputs[2],
              strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], dilation[0], dilation[1],
-             mode};
+             groups, mode};
   try {
     Run(g, a.typed_data(), b.typed_data(), out->typed_data());
   } catch (const dnnl::error& e) {
@@ -218,14 +228,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv, Conv,
                                   .Attr<int64_t>("mode")
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding")
-                                  .Attr<ffi::Span<const int64_t>>("dilation"));
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<int64_t>("groups"));
 
 // Which oneDNN implementation serves a geometry (e.g. "brg_conv_fwd:avx512_core"), for benchmarks and tests.
-// `dims` holds n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw.
+// `dims` holds n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups.
 extern "C" const char* CnnJaxConvImplementation(int64_t mode, const int64_t* d) {
   thread_local std::string name;
   Geometry g{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13], d[14], d[15],
-             d[16], mode};
+             d[16], d[17], mode};
   try {
     name = GetPlan(g).implementation;
   } catch (const dnnl::error& e) {

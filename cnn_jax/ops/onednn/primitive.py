@@ -26,7 +26,8 @@ def _bind(a, b, mode, shape, geometry):
 
 
 def forward(x, w, geometry, shape):
-    """``y = F(x, w)`` of the given output shape; ``geometry`` = (strides, ((top, bottom), (left, right)), dilations)."""
+    """``y = F(x, w)`` of the given output shape; ``geometry`` = (strides, ((top, bottom), (left, right)), dilations,
+    groups)."""
     return _bind(x, w, FORWARD, shape, geometry)
 
 
@@ -39,11 +40,11 @@ def _abstract_eval(a, b, *, mode, shape, geometry):
 def _lower(a, b, *, mode, shape, geometry):
     if build.load() is None:
         raise RuntimeError("the oneDNN convolution kernel is not available; use ops.conv2d, which falls back to XLA")
-    strides, pads, dilations = geometry
+    strides, pads, dilations, groups = geometry
     call = jax.ffi.ffi_call(build.TARGET, jax.ShapeDtypeStruct(shape, jnp.float32))
     return call(a, b, mode=np.int64(mode), strides=np.asarray(strides, np.int64),
                 padding=np.asarray([p for pair in pads for p in pair], np.int64),
-                dilation=np.asarray(dilations, np.int64))
+                dilation=np.asarray(dilations, np.int64), groups=np.int64(groups))
 
 
 def _shape(operand):
