@@ -104,7 +104,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = No
     xla = functools.partial(_xla_conv, strides=strides, dilations=dilations, pads=pads, mode=mode, groups=groups)
     if _onednn_serves(x, kernel, pads):
         on_onednn = functools.partial(_onednn_conv, strides=strides, dilations=dilations, pads=pads, mode=mode,
-                                  groups=groups)
+                                      groups=groups)
         y = lax.platform_dependent(x, kernel, cpu=on_onednn, default=xla)
     elif groups > 1 and groups == x.shape[-1] == kernel.shape[-1]:
         shifted = functools.partial(_depthwise_shifted, strides=strides, dilations=dilations, pads=pads, mode=mode)
