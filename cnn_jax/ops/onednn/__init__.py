@@ -1,7 +1,8 @@
 """Dense float32 convolutions on oneDNN for the CPU backend, behind ``ops.conv2d``.
 
 XLA's CPU convolutions match oneDNN's forward but run the weight gradient 3-5x slower, and grouped (depthwise)
-ones far slower in every direction (BENCHMARKS.md); this package puts oneDNN's forward, data-gradient and weight-gradient kernels under one differentiable primitive.
+ones far slower in every direction (BENCHMARKS.md); this package puts oneDNN's forward, data-gradient and
+weight-gradient kernels under one differentiable primitive.
 ``available()`` is False (and ``conv2d`` stays on XLA) without the oneDNN wheels or a C++ compiler, or with
 ``CNN_JAX_CONV=xla`` in the environment.
 """
