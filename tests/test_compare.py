@@ -7,6 +7,7 @@ of arms each so that the file stays near a minute and a half on a busy 2-core CP
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -16,13 +17,15 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 from test_experiments import SHARED_DATA, data_dir_for, experiment, run
+from test_models import PARAMS as SMALL_PARAMS
 from test_models import random_variables
+from test_models_imagenet import PUBLISHED_COUNTS
 
 from cnn_jax import ops
-from cnn_jax.models import get_model
+from cnn_jax.models import get_model, list_models
 from cnn_jax.plots.comparison import plot_comparison
 from cnn_jax.train import TrainConfig
-from experiments import compare, mnist
+from experiments import cifar10, compare, mnist
 
 # Each arm's parameters with 10 classes, worked out by hand: convs k*k*in*out + out, the dense head
 # flatten*10 + 10 (VALID 3x3 convs leave 5x5 maps of 28x28 digits, 5x5 convs 4x4), the MLP on
@@ -34,7 +37,21 @@ PARAMS = {
     ("mnist_sweep", "filters_64_128"): 106_506, ("mnist_sweep", "kernel_5"): 62_346,
     ("mnist_sweep", "avg_pool"): 34_826, ("mnist_sweep", "tanh"): 34_826, ("mnist_sweep", "gelu"): 34_826,
 }
-INPUT_SHAPES = {"cifar10_head_to_head": (32, 32, 3), "mnist_sweep": (28, 28, 1)}
+# The zoo on 32x32x3 with 10 classes: the CIFAR-sized models as test_models.py pins them at that input; simple_cnn
+# and lenet5 as pinned there on one channel plus the first conv's two extra input channels (3*3*2*32, 5*5*2*6)
+# and, for simple_cnn, a 6x6 map instead of 5x5 before its head (11*64*10); mlp as above; the ImageNet models
+# at their published counts less 990 of the head's classes, (features + 1) each (they end in global pooling).
+ZOO_HEAD_FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "mobilenet_v2": 1280,
+                     "efficientnet_lite0": 1280, "efficientnet_lite1": 1280, "efficientnet_lite2": 1280}
+PARAMS.update({("cifar10_zoo", name): count for name, count in SMALL_PARAMS.items() if name != "mlp"})
+PARAMS.update({
+    ("cifar10_zoo", "mlp"): PARAMS["cifar10_head_to_head", "mlp"],
+    ("cifar10_zoo", "simple_cnn"): SMALL_PARAMS["simple_cnn"] + 3 * 3 * 2 * 32 + 11 * 64 * 10,
+    ("cifar10_zoo", "lenet5"): SMALL_PARAMS["lenet5"] + 5 * 5 * 2 * 6,
+})
+PARAMS.update({("cifar10_zoo", name): published - 990 * (ZOO_HEAD_FEATURES[name] + 1)
+               for name, kwargs, published, _ in PUBLISHED_COUNTS if not kwargs and name in ZOO_HEAD_FEATURES})
+INPUT_SHAPES = {"cifar10_head_to_head": (32, 32, 3), "cifar10_zoo": (32, 32, 3), "mnist_sweep": (28, 28, 1)}
 ARMS = [(study.name, arm) for study in compare.STUDIES.values() for arm in study.arms]
 TINY = ["--epochs=1", "--num_train_examples=256", "--batch_size=32", "--log_every_steps=4",
         "--compilation_cache_dir="]
@@ -65,6 +82,18 @@ def test_each_arms_recipe_is_a_valid_config_at_the_study_and_the_smoke_size(stud
               "label_smoothing")
     config = TrainConfig(**{k: values[k] for k in fields})  # ValueError for a recipe the engine refuses
     assert config.epochs == given.get("epochs", compare.STUDIES[study].epochs)
+
+
+def test_the_zoo_study_trains_every_registered_model_with_the_cifar10_recipe():
+    study = compare.STUDIES["cifar10_zoo"]
+    assert [arm.name for arm in study.arms if arm.name == arm.recipe.model] == [arm.name for arm in study.arms]
+    assert sorted(arm.name for arm in study.arms) == list_models()
+    for arm in study.arms:
+        assert arm.model_kwargs == {"mean": compare.CIFAR10_MEAN, "std": compare.CIFAR10_STD}
+        recipe = {"mlp": compare._MLP_CIFAR10}.get(arm.name, cifar10.RECIPE)
+        if arm.name == "alexnet_mini":  # no BatchNorm: a lower peak learning rate
+            recipe = dataclasses.replace(recipe, learning_rate=0.02)
+        assert dataclasses.replace(arm.recipe, model=recipe.model) == recipe, arm.name
 
 
 def test_arm_flags_are_the_recipe_at_the_study_epochs_unless_given():
