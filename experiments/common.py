@@ -40,6 +40,7 @@ class Recipe:
     augment: tuple[str, ...] = ()
     crop_padding: int = 4
     test_time_flip: bool = False
+    test_time_shift: int = 0
     validation_fraction: float = 0.0
     eval_batch_size: int = 1000
 
@@ -76,6 +77,9 @@ def define_engine_flags(recipe: Recipe) -> None:
                          "Pixels a random crop may shift an image by (zero padding on each side).")
     flags.DEFINE_bool("test_time_flip", recipe.test_time_flip,
                       "Evaluate on the mean logits of each image and its mirror image.")
+    flags.DEFINE_integer("test_time_shift", recipe.test_time_shift,
+                         "Also evaluate on each image translated this many pixels up-left and "
+                         "down-right (half the weight); 0 for none.")
     flags.DEFINE_integer("seed", 0, "Seed of init, data order, dropout and augmentation.")
     flags.DEFINE_string("data_dir", None,
                         "TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
@@ -166,7 +170,8 @@ def train_config(values: flags.FlagValues):
         weight_decay=values.weight_decay, label_smoothing=values.label_smoothing,
         seed=values.seed, log_every_steps=values.log_every_steps,
         checkpoint_every_steps=values.checkpoint_every_steps,
-        keep_checkpoints=values.keep_checkpoints, test_time_flip=values.test_time_flip)
+        keep_checkpoints=values.keep_checkpoints, test_time_flip=values.test_time_flip,
+        test_time_shift=values.test_time_shift)
 
 
 def check_batch_sizes(values: flags.FlagValues) -> None:

@@ -102,7 +102,7 @@ def eval_records(workdir: str) -> list:
     ("learning_rate", -0.1), ("learning_rate", float("nan")), ("epochs", 0),
     ("optimizer", "rmsprop"), ("schedule", "step"), ("momentum", 1.0),
     ("label_smoothing", 1.0), ("weight_decay", -1e-4), ("keep_checkpoints", 0),
-    ("log_every_steps", 0), ("warmup_epochs", 10)])
+    ("log_every_steps", 0), ("warmup_epochs", 10), ("test_time_shift", -1)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}=.*invalid: .+"):
         TrainConfig(**{"epochs": 10, field: value})
@@ -213,6 +213,39 @@ def test_test_time_flip_averages_each_image_with_its_mirror():
     assert (plain["predictions"] != flipped["predictions"]).any()  # the net is not mirror-symmetric ...
     np.testing.assert_array_equal(tta["predictions"], tta_mirrored["predictions"])  # ... its flip average is
     np.testing.assert_allclose(tta["loss"], tta_mirrored["loss"], rtol=1e-5)
+
+
+class _ViewRecorder:
+    """A stand-in train state whose model records each batch of images it sees and answers with
+    logits [z, 0], z a different number for each call."""
+
+    def __init__(self):
+        self.variables, self.views = {}, []
+
+    def apply_fn(self, variables, images, train):
+        assert not train
+        self.views.append(np.asarray(images))
+        return jnp.stack([jnp.full(images.shape[0], float(len(self.views))), jnp.zeros(images.shape[0])], -1)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_test_time_shift_adds_the_two_diagonal_translations_at_half_weight(flip):
+    image = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    recorder = _ViewRecorder()
+    result = eval_step(recorder, {"image": jnp.asarray(image), "label": jnp.zeros(1, jnp.int32),
+                                  "mask": jnp.ones(1)}, test_time_flip=flip, test_time_shift=1)
+    # Translated by one pixel with reflected borders: row/column -1 reads 1, row/column 4 reads 2.
+    up_left, down_right = ([1, 0, 1, 2], [1, 2, 3, 2])
+    expected = [image[:, rows][:, :, rows] for rows in ([0, 1, 2, 3], up_left, down_right)]
+    if flip:  # each view, then its mirror
+        expected = [view for v in expected for view in (v, v[:, :, ::-1])]
+    assert len(recorder.views) == len(expected)
+    for seen, want in zip(recorder.views, expected):
+        np.testing.assert_array_equal(seen, want)
+    z = np.arange(1.0, len(expected) + 1)  # each call's logit for class 0
+    z = z.reshape(3, -1).mean(1) if flip else z  # flip-averaged per view
+    combined = z[0] / 2 + (z[1] + z[2]) / 4
+    np.testing.assert_allclose(result["loss"], np.log1p(np.exp(-combined)), rtol=1e-6)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -36,6 +36,10 @@ class TrainConfig:
       tensorboard: also write TensorBoard event files (imports TensorFlow, a few seconds).
       test_time_flip: evaluate on the mean logits of each image and its left-right mirror
         (for data whose classes are mirror-symmetric, as CIFAR-10's are).
+      test_time_shift: also evaluate each image translated this many pixels up-left and
+        down-right (reflect padding), weighting their logits 1/4 each against 1/2 for the
+        untranslated ones, as airbench94's test-time augmentation does; 0 for none. Each
+        translated view is flip-averaged too under `test_time_flip`.
     """
 
     epochs: int = 10
@@ -53,6 +57,7 @@ class TrainConfig:
     progress_bar: bool = True
     tensorboard: bool = True
     test_time_flip: bool = False
+    test_time_shift: int = 0
 
     def __post_init__(self):
         _require(self.epochs >= 1, "epochs", self.epochs, "use at least 1 epoch")
@@ -78,6 +83,8 @@ class TrainConfig:
                  "use at least 1")
         _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
                  self.checkpoint_every_steps, "use 0 (epoch ends only) or a positive step count")
+        _require(self.test_time_shift >= 0, "test_time_shift", self.test_time_shift,
+                 "use 0 for no translated views or a few pixels, e.g. 1")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints,
                  "keep at least 1 checkpoint so that runs can resume")
 

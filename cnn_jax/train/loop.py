@@ -105,7 +105,7 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
     train_step = jax.jit(make_train_step(augment, config.label_smoothing, class_weights),
                          in_shardings=(on_all, on_batch), out_shardings=(on_all, on_all),
                          donate_argnums=0)
-    evaluate = _make_evaluator(dataset, mesh, on_batch, on_all, config.test_time_flip)
+    evaluate = _make_evaluator(dataset, mesh, on_batch, on_all, config)
     logger = _TrainLogger(writer, ProgressBar(total_steps, config.progress_bar and chief),
                           make_schedule(config, steps_per_epoch), steps_per_epoch)
     test = None
@@ -210,15 +210,16 @@ def _checked(batches: Iterator[dict], mesh, what: str) -> Iterator[dict]:
         yield batch
 
 
-def _make_evaluator(dataset, mesh, on_batch, on_all, test_time_flip: bool) -> Callable[[TrainState, str], dict]:
+def _make_evaluator(dataset, mesh, on_batch, on_all, config: TrainConfig) -> Callable[[TrainState, str], dict]:
     """`evaluate(state, split)`: accuracy, mean loss, predictions and labels of a whole split.
 
     The results of every batch stay on the device until the split is done, then come back in
     one transfer. Labels and masks are taken from the host batches, which every process holds
     in full.
     """
-    step = jax.jit(functools.partial(eval_step, test_time_flip=test_time_flip), in_shardings=(on_all, on_batch),
-                   out_shardings=on_all)
+    step = jax.jit(functools.partial(eval_step, test_time_flip=config.test_time_flip,
+                                     test_time_shift=config.test_time_shift),
+                   in_shardings=(on_all, on_batch), out_shardings=on_all)
 
     def evaluate(state: TrainState, split: str) -> dict:
         host = []

@@ -80,17 +80,29 @@ def make_train_step(augment: Optional[Augment] = None, label_smoothing: float = 
     return train_step
 
 
-def eval_step(state: TrainState, batch: dict, test_time_flip: bool = False) -> dict:
+def eval_step(state: TrainState, batch: dict, test_time_flip: bool = False,
+              test_time_shift: int = 0) -> dict:
     """Sums over the real (mask == 1) examples of a batch, plus every example's prediction.
 
     Returns `correct` and `loss` (sums), `count` (real examples) and `predictions` (argmax of
     the logits, for confusion matrices; padded rows included, drop them with the mask).
-    With `test_time_flip` the logits are the mean of those of each image and its mirror image.
+    With `test_time_flip` the logits are the mean of those of each image and its mirror image;
+    with `test_time_shift` (pixels) half of them come from the image translated that far
+    up-left and down-right (TrainConfig.test_time_shift).
     """
+    def view_logits(images):
+        logits = state.apply_fn(state.variables, images, train=False)
+        if test_time_flip:
+            logits = (logits + state.apply_fn(state.variables, images[:, :, ::-1], train=False)) / 2
+        return logits
+
     images = batch["image"]
-    logits = state.apply_fn(state.variables, images, train=False)
-    if test_time_flip:
-        logits = (logits + state.apply_fn(state.variables, images[:, :, ::-1], train=False)) / 2
+    logits = view_logits(images)
+    if test_time_shift:
+        s, (height, width) = test_time_shift, images.shape[1:3]
+        padded = jnp.pad(images, ((0, 0), (s, s), (s, s), (0, 0)), mode="reflect")
+        translated = view_logits(padded[:, :height, :width]) + view_logits(padded[:, 2 * s:, 2 * s:])
+        logits = logits / 2 + translated / 4
     predictions = jnp.argmax(logits, -1).astype(jnp.int32)
     mask = batch["mask"]
     return {
