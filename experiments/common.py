@@ -43,6 +43,7 @@ class Recipe:
     test_time_shift: int = 0
     validation_fraction: float = 0.0
     eval_batch_size: int = 1000
+    eval_every_epochs: int = 1
 
 
 def define_flags(recipe: Recipe) -> None:
@@ -62,6 +63,8 @@ def define_engine_flags(recipe: Recipe) -> None:
     flags.DEFINE_integer("epochs", recipe.epochs, "Passes over the training split.")
     flags.DEFINE_integer("batch_size", recipe.batch_size, "Global training batch size.")
     flags.DEFINE_integer("eval_batch_size", recipe.eval_batch_size, "Evaluation batch size.")
+    flags.DEFINE_integer("eval_every_epochs", recipe.eval_every_epochs,
+                         "Evaluate after every this many epochs (and after the last).")
     flags.DEFINE_float("learning_rate", recipe.learning_rate, "Peak learning rate.")
     flags.DEFINE_enum("optimizer", recipe.optimizer, OPTIMIZERS, "Optimizer.")
     flags.DEFINE_float("momentum", recipe.momentum, "Momentum of sgd/nesterov.")
@@ -171,7 +174,7 @@ def train_config(values: flags.FlagValues):
         seed=values.seed, log_every_steps=values.log_every_steps,
         checkpoint_every_steps=values.checkpoint_every_steps,
         keep_checkpoints=values.keep_checkpoints, test_time_flip=values.test_time_flip,
-        test_time_shift=values.test_time_shift)
+        test_time_shift=values.test_time_shift, eval_every_epochs=values.eval_every_epochs)
 
 
 def check_batch_sizes(values: flags.FlagValues) -> None:

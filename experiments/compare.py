@@ -55,7 +55,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # The engine flags a recipe sets (the model is the arm's own, not a flag).
 RECIPE_FLAGS = tuple(f.name for f in dataclasses.fields(common.Recipe) if f.name != "model")
 # What decides an arm's result: a rerun must match the run already in the arm's directory on these.
-RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(common.Recipe) if f.name != "eval_batch_size") + (
+RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(common.Recipe)
+                     if f.name not in ("eval_batch_size", "eval_every_epochs")) + (
     "model_kwargs", "num_train_examples", "seed", "half_precision")
 
 

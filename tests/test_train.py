@@ -102,7 +102,7 @@ def eval_records(workdir: str) -> list:
     ("learning_rate", -0.1), ("learning_rate", float("nan")), ("epochs", 0),
     ("optimizer", "rmsprop"), ("schedule", "step"), ("momentum", 1.0),
     ("label_smoothing", 1.0), ("weight_decay", -1e-4), ("keep_checkpoints", 0),
-    ("log_every_steps", 0), ("warmup_epochs", 10), ("test_time_shift", -1)])
+    ("log_every_steps", 0), ("warmup_epochs", 10), ("test_time_shift", -1), ("eval_every_epochs", 0)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}=.*invalid: .+"):
         TrainConfig(**{"epochs": 10, field: value})
@@ -346,6 +346,17 @@ def test_run_writes_results_metrics_and_figures(tmp_path):
     assert os.listdir(tmp_path / "tensorboard")
     with open(tmp_path / "metrics.jsonl") as f:
         assert [json.loads(line)["kind"] for line in f] == ["train", "train", "eval"]
+
+
+def test_eval_every_epochs_evaluates_less_often_but_always_at_the_end(tmp_path):
+    dataset = tiny_dataset(validation_fraction=0.2)  # 8 steps per epoch
+    config = TrainConfig(epochs=5, learning_rate=0.05, eval_every_epochs=2, keep_checkpoints=5, **QUIET)
+    results = train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path))
+    evals = eval_records(str(tmp_path))
+    assert [r["epoch"] for r in evals] == [2, 4, 5]
+    assert results["test_accuracy"] == evals[-1]["test_accuracy"]
+    assert results["best_step"] in [r["step"] for r in evals]
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [8, 16, 24, 32, 40]
 
 
 def test_divergence_stops_at_the_first_bad_step_keeping_good_checkpoints(tmp_path):

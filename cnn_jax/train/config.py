@@ -32,6 +32,9 @@ class TrainConfig:
       checkpoint_every_steps: save a checkpoint every this many steps, besides at the end of
         every epoch; 0 saves at epoch ends only.
       keep_checkpoints: how many of the latest checkpoints to keep for resuming.
+      eval_every_epochs: evaluate (and pick the best validation state) at the end of every
+        this many epochs and of the last one; checkpoints are saved at every epoch end anyway.
+        Fewer evaluations leave more of a time budget to training.
       progress_bar: draw a one-line progress bar on stderr.
       tensorboard: also write TensorBoard event files (imports TensorFlow, a few seconds).
       test_time_flip: evaluate on the mean logits of each image and its left-right mirror
@@ -54,6 +57,7 @@ class TrainConfig:
     log_every_steps: int = 100
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
+    eval_every_epochs: int = 1
     progress_bar: bool = True
     tensorboard: bool = True
     test_time_flip: bool = False
@@ -83,6 +87,8 @@ class TrainConfig:
                  "use at least 1")
         _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
                  self.checkpoint_every_steps, "use 0 (epoch ends only) or a positive step count")
+        _require(self.eval_every_epochs >= 1, "eval_every_epochs", self.eval_every_epochs,
+                 "use 1 to evaluate after every epoch, or more to evaluate less often")
         _require(self.test_time_shift >= 0, "test_time_shift", self.test_time_shift,
                  "use 0 for no translated views or a few pixels, e.g. 1")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints,

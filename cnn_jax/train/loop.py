@@ -47,7 +47,7 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
                        fine_tuning: Optional[FineTuning] = None,
                        class_weights: Optional[np.ndarray] = None,
                        export: Optional[Callable[[dict], None]] = None) -> dict:
-    """Trains `model` on `dataset`, evaluating every epoch, and returns the results.
+    """Trains `model` on `dataset`, evaluating every `config.eval_every_epochs`, and returns the results.
 
     Args:
       model: a Linen module called as `model.apply(variables, images, train=..., ...)`.
@@ -134,6 +134,9 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
                 raise RuntimeError(f"epoch {epoch} yielded {step - epoch * steps_per_epoch} "
                                    f"batches, but the dataset promises {steps_per_epoch}.")
             logger.flush(step)
+            if (epoch + 1) % config.eval_every_epochs and step < total_steps:
+                checkpoints.save(state)
+                continue
             logger.pause_clock()
             best_before = _best_eval(writer.history)
             record, test = _evaluate_epoch(evaluate, state, info.num_validation > 0, step, epoch)
