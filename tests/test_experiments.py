@@ -111,11 +111,12 @@ def test_cifar10_script_end_to_end_with_validation(tmp_path):
     workdir = tmp_path / "cifar10"
     proc = run(experiment("cifar10", f"--workdir={workdir}", "--epochs=1", "--warmup_epochs=0.5",
                           "--model=mlp",
-                          "--validation_fraction=0.1", "--half_precision",
+                          "--validation_fraction=0.1", "--half_precision", "--test_time_shift=1",
                           f"--data_dir={data_dir_for('cifar10', tmp_path)}", *SMALL))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = check_workdir(workdir, 1, {"model": "mlp", "half_precision": True,
-                                         "augment": ["crop", "flip"]})
+                                         "augment": ["crop", "flip"], "test_time_flip": True,
+                                         "test_time_shift": 1})
     assert results["best_step"] == 8 and os.listdir(workdir / "best")
 
 
