@@ -509,3 +509,59 @@ def test_count_params():
     tree = {"conv": {"kernel": jnp.zeros((3, 3, 4, 8)), "bias": jnp.zeros(8)}, "scale": np.ones(()), "empty": {}}
     assert ops.count_params(tree) == 3 * 3 * 4 * 8 + 8 + 1
     assert ops.count_params(jax.eval_shape(lambda: tree)) == 3 * 3 * 4 * 8 + 8 + 1
+
+
+# --- patch whitening ---------------------------------------------------------------------------------------
+
+@given(st.integers(1, 3), st.integers(3, 7), st.integers(3, 7), st.integers(1, 3), st.integers(0, 2**31 - 1))
+@settings(max_examples=20, deadline=None)
+def test_image_patches_are_the_windows_in_kernel_order(size, height, width, channels, seed):
+    images = np.random.default_rng(seed).normal(size=(2, height, width, channels)).astype(np.float32)
+    patches = np.asarray(ops.image_patches(jnp.asarray(images), size))
+    rows, cols = height - size + 1, width - size + 1
+    expected = [images[n, r:r + size, c:c + size].ravel()
+                for n in range(2) for r in range(rows) for c in range(cols)]
+    np.testing.assert_array_equal(patches, np.stack(expected))
+
+
+def _correlated_images(seed=0, n=64, size=12):
+    """Images whose neighbouring pixels and channels correlate, as natural images' do."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(n, size + 1, size + 1, 3))
+    smooth = noise[:, 1:, 1:] + 0.8 * noise[:, :-1, 1:] + 0.6 * noise[:, 1:, :-1]
+    return (smooth @ np.array([[1.0, 0.5, 0.2], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_whitening_kernel_gives_the_patches_identity_second_moments(size):
+    images = jnp.asarray(_correlated_images())
+    features = size * size * 3
+    kernel = ops.patch_whitening_kernel(images, size, eps=0.0)
+    assert kernel.shape == (size, size, 3, 2 * features)
+    outputs = ops.conv2d(images, kernel, padding="VALID").reshape(-1, 2 * features)
+    first, second = outputs[:, :features], outputs[:, features:]
+    raw = ops.image_patches(images, size)
+    assert np.abs(raw.T @ raw / len(raw) - np.eye(features)).max() > 0.3  # correlated before ...
+    np.testing.assert_allclose(first.T @ first / len(first), np.eye(features), atol=2e-3)  # ... white after
+    np.testing.assert_allclose(second, -first, atol=1e-6)
+
+
+def test_whitening_eps_damps_the_weakest_components_most():
+    images = jnp.asarray(_correlated_images(seed=1))
+    raw = ops.image_patches(images, 2)
+    eigenvalues = np.linalg.eigvalsh(np.asarray(raw.T @ raw / len(raw), np.float64))[::-1]
+    eps = float(np.median(eigenvalues))
+    outputs = ops.conv2d(images, ops.patch_whitening_kernel(images, 2, eps=eps), padding="VALID")
+    first = outputs.reshape(-1, 24)[:, :12]
+    moments = np.asarray(first.T @ first / len(first))
+    np.testing.assert_allclose(np.diag(moments), eigenvalues / (eigenvalues + eps), rtol=2e-3)
+    np.testing.assert_allclose(moments - np.diag(np.diag(moments)), 0.0, atol=2e-3)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.image_patches(jnp.zeros((4, 4, 3)), 2), "rank 4"),
+    (lambda: ops.patch_whitening_kernel(jnp.zeros((1, 4, 4, 3)), 5), r"patch size 5 must be in \[1, 4\]"),
+])
+def test_whitening_rejects_bad_input_clearly(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

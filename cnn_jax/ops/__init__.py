@@ -6,8 +6,10 @@ from cnn_jax.ops.arithmetic import LayerGeometry, ReceptiveField, conv_output_si
 from cnn_jax.ops.conv import conv2d, conv2d_reference
 from cnn_jax.ops.padding import same_padding
 from cnn_jax.ops.pooling import avg_pool, global_avg_pool, global_max_pool, max_pool
+from cnn_jax.ops.whitening import image_patches, patch_whitening_kernel
 
 __all__ = [
     "LayerGeometry", "ReceptiveField", "avg_pool", "conv2d", "conv2d_reference", "conv_output_size",
-    "count_params", "global_avg_pool", "global_max_pool", "max_pool", "receptive_field", "same_padding",
+    "count_params", "global_avg_pool", "global_max_pool", "image_patches", "max_pool", "patch_whitening_kernel",
+    "receptive_field", "same_padding",
 ]
