@@ -5,8 +5,16 @@ The recipe for accuracy per CPU-minute, after airbench94 (Keller Jordan, 2024): 
 one-cycle Nesterov SGD at batch 512, label smoothing 0.2, random crop (2 px) + flip, and test-time
 flipping. On the 2-core CPU: 88.7% on the offline JPEG copy of CIFAR-10 in 42 minutes for the whole command;
 RESULTS.md has the time-to-accuracy curve.
+
+`--whiten_stem` starts the network as airbench94 does: its 2x2 stem convolution is set to the whitening
+transform of the 2x2 patches of the first 5,000 training images (in the epoch-0 order) and never trains.
 """
-from absl import app
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from absl import app, flags
 
 from experiments import common
 
@@ -14,7 +22,60 @@ RECIPE = common.Recipe(dataset="cifar10", model="airbench_half", epochs=24, batc
                        learning_rate=0.4, optimizer="nesterov", schedule="onecycle",
                        warmup_epochs=3, weight_decay=5e-4, label_smoothing=0.2,
                        augment=("crop", "flip"), crop_padding=2, test_time_flip=True)
+WHITENING_IMAGES = 5000  # as airbench94
+STEM = "stem"  # the whitened submodule: a 2x2 convolution with 2 x (2 * 2 * channels) filters
+
+
+def define_flags() -> None:
+    common.define_flags(RECIPE)
+    flags.DEFINE_bool("whiten_stem", False, "Set the model's 2x2 stem convolution to the whitening of the "
+                      "training images' 2x2 patches and freeze it (airbench94); airbench models only.")
+
+
+def run(values: flags.FlagValues) -> dict:
+    record = {**common.experiment_flags(values), "whiten_stem": values.whiten_stem}
+    if not values.whiten_stem:
+        return common.run(values, flags_record=record)
+    model = _check_stem(values.model)
+    return common.run(values, functools.partial(whitened_stem, model), flags_record=record)
+
+
+def _check_stem(name: str):
+    """The zoo model `name`, which must start with a whitenable stem (ValueError otherwise)."""
+    import jax
+    import jax.numpy as jnp
+
+    from cnn_jax import models
+
+    model = models.get_model(name, 10)
+    channels = models.model_spec(name).input_shape[-1]
+    images = jax.ShapeDtypeStruct((1, *models.model_spec(name).input_shape), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+    shape = getattr(params.get(STEM, {}).get("kernel"), "shape", None)
+    if shape != (2, 2, channels, 8 * channels) or not hasattr(model, "mean"):
+        raise ValueError(f"--whiten_stem needs a model that normalizes its input and starts with a 2x2 "
+                         f"convolution named {STEM!r} with {8 * channels} filters, as airbench and airbench_half "
+                         f"do; {name} has {STEM} kernel shape {shape}: drop --whiten_stem or use an airbench model")
+    return model
+
+
+def whitened_stem(model, dataset):
+    """The engine's FineTuning that starts `model` (an airbench net) with its stem set to the whitening
+    of the first WHITENING_IMAGES training images, normalized as the model normalizes them, and frozen."""
+    from cnn_jax import ops
+    from cnn_jax import train as engine
+
+    images = []
+    for batch in dataset.train_batches(0):
+        images.append(batch["image"])
+        if sum(map(len, images)) >= WHITENING_IMAGES:
+            break
+    images = np.concatenate(images)[:WHITENING_IMAGES]
+    normalized = (images - np.asarray(model.mean, np.float32)) / np.asarray(model.std, np.float32)
+    kernel = ops.patch_whitening_kernel(normalized, 2)
+    return engine.FineTuning({"params": {STEM: {"kernel": kernel}}}, frozen=(STEM,))
+
 
 if __name__ == "__main__":
-    common.define_flags(RECIPE)
-    app.run(common.main)
+    define_flags()
+    app.run(functools.partial(common.main, run_experiment=run))

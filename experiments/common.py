@@ -132,11 +132,13 @@ def _report(results: dict) -> str:
             f"results in {os.path.join(flags.FLAGS.workdir, 'results.json')}")
 
 
-def run(values: flags.FlagValues) -> dict:
+def run(values: flags.FlagValues, fine_tuning_for=None, flags_record=None) -> dict:
     """Builds data, model and config from the flag values and trains; returns the results.
 
     Everything that can be checked without the data (config, augmentations, model name, batch
-    sizes against the devices) is checked before the data is read.
+    sizes against the devices) is checked before the data is read. `fine_tuning_for(dataset)`,
+    if given, returns the engine's FineTuning for the data read (a start that depends on it);
+    `flags_record` is `train`'s.
     """
     from cnn_jax import data, models
 
@@ -147,7 +149,8 @@ def run(values: flags.FlagValues) -> dict:
     check_batch_sizes(values)
     size = values.image_size
     dataset = data.load(data_config(values, None if size is None else (size, size)))
-    return train(values, dataset, config, augment, values.model, {})
+    return train(values, dataset, config, augment, values.model, {}, flags_record=flags_record,
+                 fine_tuning=fine_tuning_for(dataset) if fine_tuning_for else None)
 
 
 def setup(values: flags.FlagValues) -> None:

@@ -170,3 +170,52 @@ def test_bad_flags_get_one_clear_message_before_reading_data(tmp_path, flag, mes
                XLA_FLAGS="--xla_force_host_platform_device_count=8")
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- the fast recipe's whitened stem ------------------------------------------------------------------------
+
+def test_whitened_stem_whitens_the_first_training_images_and_freezes_the_stem():
+    import jax.numpy as jnp
+
+    from cnn_jax import data, ops
+    from cnn_jax.models import get_model
+    from experiments import cifar10_fast
+
+    rng = np.random.default_rng(0)  # neighbouring pixels and channels correlate, as in photos
+    blocks = np.repeat(np.repeat(rng.uniform(0, 180, (96, 4, 4, 1)), 2, 1), 2, 2)
+    pixels = blocks + rng.uniform(0, 75, (96, 8, 8, 3))
+    train = (pixels.astype(np.uint8), rng.integers(0, 10, 96))
+    dataset = data.from_arrays(data.DataConfig("tiny", batch_size=32), [str(i) for i in range(10)], train, train)
+    model = get_model("airbench_half", 10)
+    tuning = cifar10_fast.whitened_stem(model, dataset)
+    assert tuning.frozen == ("stem",)
+    kernel = tuning.variables["params"]["stem"]["kernel"]
+    assert kernel.shape == (2, 2, 3, 24)
+    images = (np.concatenate([b["image"] for b in dataset.train_batches(0)]) - model.mean) / model.std
+    patches = ops.image_patches(jnp.asarray(images, jnp.float32), 2)
+    before = np.corrcoef(np.asarray(patches).T)
+    assert np.abs(before - np.eye(12)).max() > 0.5
+    outputs = ops.conv2d(jnp.asarray(images, jnp.float32), kernel, padding="VALID").reshape(-1, 24)[:, :12]
+    moments = np.asarray(outputs.T @ outputs / len(outputs))
+    np.testing.assert_allclose(moments, np.diag(np.diag(moments)), atol=1e-3)  # decorrelated,
+    assert np.all(np.diag(moments) > 0.9) and np.all(np.diag(moments) <= 1 + 1e-3)  # unit variance (eps aside)
+
+
+def test_fast_recipe_with_a_whitened_stem_end_to_end(tmp_path):
+    from cnn_jax import export
+
+    workdir = tmp_path / "fast"
+    proc = run(experiment("cifar10_fast", f"--workdir={workdir}", "--epochs=1", "--warmup_epochs=0.5",
+                          "--whiten_stem", f"--data_dir={data_dir_for('cifar10', tmp_path)}", *SMALL))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_workdir(workdir, 1, {"model": "airbench_half", "whiten_stem": True})
+    _, variables, _ = export.load_export(str(workdir))
+    stem = variables["params"]["stem"]
+    # Frozen through 8 steps: training would have moved the two halves (and the bias) apart.
+    np.testing.assert_array_equal(stem["kernel"][..., 12:], -stem["kernel"][..., :12])
+    np.testing.assert_array_equal(stem["bias"], 0.0)
+
+    wrong = run(experiment("cifar10_fast", f"--workdir={tmp_path / 'cnn3'}", "--model=cnn3", "--whiten_stem",
+                           "--data_dir=/nonexistent"))
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert "--whiten_stem needs a model that normalizes its input and starts with a 2x2 convolution" in wrong.stderr
