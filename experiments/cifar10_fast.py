@@ -36,10 +36,8 @@ def define_flags() -> None:
 
 def run(values: flags.FlagValues) -> dict:
     record = {**common.experiment_flags(values), "whiten_stem": values.whiten_stem}
-    if not values.whiten_stem:
-        return common.run(values, flags_record=record)
-    model = _check_stem(values.model)
-    return common.run(values, functools.partial(whitened_stem, model), flags_record=record)
+    whitening = functools.partial(whitened_stem, _check_stem(values.model)) if values.whiten_stem else None
+    return common.run(values, whitening, flags_record=record)
 
 
 def _check_stem(name: str):
@@ -49,9 +47,9 @@ def _check_stem(name: str):
 
     from cnn_jax import models
 
-    model = models.get_model(name, 10)
-    channels = models.model_spec(name).input_shape[-1]
-    images = jax.ShapeDtypeStruct((1, *models.model_spec(name).input_shape), jnp.float32)
+    model, spec = models.get_model(name, 10), models.model_spec(name)
+    channels = spec.input_shape[-1]
+    images = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
     shape = getattr(params.get(STEM, {}).get("kernel"), "shape", None)
     if shape != (2, 2, channels, 8 * channels) or not hasattr(model, "mean"):
@@ -67,10 +65,11 @@ def whitened_stem(model, dataset):
     from cnn_jax import ops
     from cnn_jax import train as engine
 
-    images = []
+    images, count = [], 0
     for batch in dataset.train_batches(0):
         images.append(batch["image"])
-        if sum(map(len, images)) >= WHITENING_IMAGES:
+        count += len(batch["image"])
+        if count >= WHITENING_IMAGES:
             break
     images = np.concatenate(images)[:WHITENING_IMAGES]
     normalized = (images - np.asarray(model.mean, np.float32)) / np.asarray(model.std, np.float32)

@@ -9,8 +9,9 @@ Studies (`--study`):
                         recipe (alexnet_mini, without BatchNorm, at a peak learning rate of 0.02; the
                         MLP as in the head-to-head). The ImageNet models train from scratch at 32x32,
                         where their 32x downsampling leaves a 1x1 map: their CIFAR-10 numbers worth
-                        having come from transfer learning (experiments/transfer.py). About 4 hours
-                        on the 2-core CPU for all 19 arms: run it in parts with --arms.
+                        having come from transfer learning (experiments/transfer.py). Hours
+                        on the 2-core CPU (RESULTS.md's first ten arms took 87 min): run it in
+                        parts with --arms.
   mnist_sweep           simple_cnn on MNIST with experiments/mnist.py's recipe (2 epochs), changing
                         one design choice at a time against the default (32-64 filters, 3x3 kernels,
                         max pooling, ReLU): 16-32 and 64-128 filters, 5x5 kernels, average pooling,
