@@ -10,7 +10,7 @@ Studies (`--study`):
                         MLP as in the head-to-head). The ImageNet models train from scratch at 32x32,
                         where their 32x downsampling leaves a 1x1 map: their CIFAR-10 numbers worth
                         having come from transfer learning (experiments/transfer.py). Hours
-                        on the 2-core CPU (RESULTS.md's first ten arms took 87 min): run it in
+                        on the 2-core CPU (RESULTS.md's 19 arms took 243 min): run it in
                         parts with --arms.
   mnist_sweep           simple_cnn on MNIST with experiments/mnist.py's recipe (2 epochs), changing
                         one design choice at a time against the default (32-64 filters, 3x3 kernels,
