@@ -5,16 +5,36 @@ class) once into uint8 arrays; the
 returned ``Dataset`` yields numpy batches (order a pure function of seed and epoch);
 ``prefetch_to_device`` moves them ahead of the step; ``make_augment`` builds a jittable
 augmentation applied inside the train step.
-"""
-from cnn_jax.data.augment import AUGMENTATIONS, cutout, make_augment, random_crop, random_flip
-from cnn_jax.data.dataset import (
-    EVAL_SPLITS, TEST_FRACTION, DataConfig, Dataset, DatasetInfo, from_arrays, is_folder_path, load)
-from cnn_jax.data.image_folder import ImageFolder, UnreadableImageError, read_image, read_image_folder
-from cnn_jax.data.prefetch import prefetch_to_device
-from cnn_jax.data.tfds_source import TESTED_DATASETS, DatasetUnavailableError
 
-__all__ = [
-    "AUGMENTATIONS", "EVAL_SPLITS", "TESTED_DATASETS", "TEST_FRACTION", "DataConfig", "Dataset", "DatasetInfo",
-    "DatasetUnavailableError", "ImageFolder", "UnreadableImageError", "cutout", "from_arrays", "is_folder_path",
-    "load", "make_augment", "prefetch_to_device", "random_crop", "random_flip", "read_image", "read_image_folder",
-]
+The names below are imported on first access (module ``__getattr__``), so a caller that only reads images
+(``read_image``, as the ONNX and TFLite predict runtimes do) never imports JAX through ``augment``.
+"""
+import importlib
+
+_SOURCES = {
+    "augment": ("AUGMENTATIONS", "cutout", "make_augment", "random_crop", "random_flip"),
+    "dataset": ("EVAL_SPLITS", "TEST_FRACTION", "DataConfig", "Dataset", "DatasetInfo", "from_arrays",
+                "is_folder_path", "load"),
+    "image_folder": ("ImageFolder", "UnreadableImageError", "read_image", "read_image_folder"),
+    "prefetch": ("prefetch_to_device",),
+    "tfds_source": ("TESTED_DATASETS", "DatasetUnavailableError"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    """A public name (or a submodule, as ``data.augment``) imported when first asked for."""
+    if name in _SOURCES:
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
