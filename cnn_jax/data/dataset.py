@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from cnn_jax.data import image_folder, tfds_source
+from cnn_jax.settings import bookkeeping
 
 TEST_FRACTION = 0.2
 _TEST_SPLIT_SEED = 0
@@ -31,11 +32,25 @@ EVAL_SPLITS = ("validation", "test")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which dataset to load and how to split and batch it."""
+    """Which dataset to load and how to split and batch it.
+
+    Attributes:
+      dataset: a tensorflow-datasets name, or the path of a folder with one subfolder of images
+        per class.
+      data_dir: TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).
+      batch_size: global training batch size (all devices and processes together).
+      eval_batch_size: evaluation batch size; default: batch_size.
+      image_size: resize images to this (height, width), aspect kept and centre cropped;
+        default: the dataset's own size.
+      validation_fraction: hold out this fraction of the training split for validation (and
+        keep the best checkpoint by it).
+      num_train_examples: train on a seeded subset of this size.
+      seed: seeds the data order, the validation hold-out and the subset.
+    """
     dataset: str
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = bookkeeping(None)
     batch_size: int = 128
-    eval_batch_size: Optional[int] = None
+    eval_batch_size: Optional[int] = bookkeeping(None)
     image_size: Optional[tuple[int, int]] = None
     validation_fraction: float = 0.0
     num_train_examples: Optional[int] = None

@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
+from typing import Literal
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+from cnn_jax.settings import bookkeeping
+
+Optimizer = Literal["sgd", "nesterov", "adam", "adamw"]
+Schedule = Literal["constant", "cosine", "warmup_cosine", "onecycle"]
+OPTIMIZERS = typing.get_args(Optimizer)
+SCHEDULES = typing.get_args(Schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,8 @@ class TrainConfig:
       tensorboard: also write TensorBoard event files (imports TensorFlow, a few seconds).
       test_time_flip: evaluate on the mean logits of each image and its left-right mirror
         (for data whose classes are mirror-symmetric, as CIFAR-10's are).
+      class_weights: weight each example's loss by the inverse frequency of its class in the
+        train split (for imbalanced data).
       test_time_shift: also evaluate each image translated this many pixels up-left and
         down-right (reflect padding), weighting their logits 1/4 each against 1/2 for the
         untranslated ones, as airbench94's test-time augmentation does; 0 for none. Each
@@ -47,20 +55,21 @@ class TrainConfig:
 
     epochs: int = 10
     learning_rate: float = 0.1
-    optimizer: str = "nesterov"
+    optimizer: Optimizer = "nesterov"
     momentum: float = 0.9
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     seed: int = 0
-    log_every_steps: int = 100
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 2
-    eval_every_epochs: int = 1
-    progress_bar: bool = True
-    tensorboard: bool = True
+    log_every_steps: int = bookkeeping(100)
+    checkpoint_every_steps: int = bookkeeping(0)
+    keep_checkpoints: int = bookkeeping(2)
+    eval_every_epochs: int = bookkeeping(1)
+    progress_bar: bool = bookkeeping(True)
+    tensorboard: bool = bookkeeping(True)
     test_time_flip: bool = False
+    class_weights: bool = False
     test_time_shift: int = 0
 
     def __post_init__(self):

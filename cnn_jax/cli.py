@@ -1,0 +1,115 @@
+"""Command-line flags from settings dataclasses: the one way experiments and scripts declare flags.
+
+`define_flags(recipe)` defines one absl flag per leaf setting of the (nested) frozen dataclass
+`recipe` (`cnn_jax.settings`): the flat field name, the recipe's value as the default (what
+`--help` shows) and the field's docstring line as the help. `parse(recipe)` is the recipe with
+the flags given on the command line applied, validated by the dataclasses as they are rebuilt.
+Only flags actually given count, so one set of flags can override several recipes (a study's
+arms). The settings themselves stay in the library's dataclasses; only this module and the
+entry points touch absl.
+
+Types: bool, int, float, str, `Literal[...]` (an enum flag), `tuple[str, ...]` (a comma-separated
+list), `tuple[int, int]` (a size: `224` or `224,160`), each also `Optional`.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Iterable, Literal, Union
+
+from absl import flags
+
+from cnn_jax import settings
+
+
+class SizeParser(flags.ArgumentParser):
+    """`224` as (224, 224), `224,160` as (224, 160): a height and width in pixels."""
+
+    def parse(self, argument):
+        if argument is None or isinstance(argument, tuple):
+            return argument
+        parts = [p.strip() for p in str(argument).split(",")]
+        try:
+            sizes = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"{argument!r} is not a size: use N (square) or H,W in pixels") from None
+        if len(sizes) == 1:
+            sizes = sizes * 2
+        if len(sizes) != 2:
+            raise ValueError(f"{argument!r} is not a size: use N (square) or H,W in pixels")
+        return sizes
+
+    def flag_type(self):
+        return "size"
+
+
+class SizeSerializer(flags.ArgumentSerializer):
+    def serialize(self, value):
+        return "" if value is None else ",".join(str(v) for v in value)
+
+
+def _unwrap_optional(annotation):
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        kept = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(kept) == 1:
+            return kept[0]
+    return annotation
+
+
+def define_flags(recipe, *, required: Iterable[str] = (), flag_values=flags.FLAGS) -> None:
+    """Defines a flag for every leaf setting of `recipe` (shared names once), defaults from `recipe`."""
+    required = set(required)
+    defaults = settings.flatten(recipe)
+    seen = set()
+    for leaf in settings.leaves(type(recipe)):
+        if leaf.name in seen:
+            continue
+        seen.add(leaf.name)
+        if not leaf.help:
+            raise TypeError(f"setting {leaf.name!r} of {leaf.owner.__name__} has no line in the class "
+                            f"docstring's Attributes: section, which is its flag's help")
+        _define(leaf.name, _unwrap_optional(leaf.annotation), settings.get(recipe, leaf.path),
+                leaf.help, flag_values)
+        if leaf.name in required:
+            flags.mark_flag_as_required(leaf.name, flag_values=flag_values)
+    missing = required - set(defaults)
+    if missing:
+        raise ValueError(f"required flags {sorted(missing)} are not settings of {type(recipe).__name__}")
+
+
+def _define(name: str, annotation, default, help_text: str, flag_values) -> None:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is bool:
+        flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+    elif annotation is int:
+        flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+    elif annotation is float:
+        flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+    elif annotation is str:
+        flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+    elif origin is Literal:
+        flags.DEFINE_enum(name, default, [str(a) for a in args], help_text, flag_values=flag_values)
+    elif origin is tuple and args == (str, Ellipsis):
+        flags.DEFINE_list(name, list(default) if default is not None else None, help_text,
+                          flag_values=flag_values)
+    elif origin is tuple and args == (int, int):
+        flags.DEFINE(SizeParser(), name, default, help_text, flag_values=flag_values,
+                     serializer=SizeSerializer())
+    else:
+        raise TypeError(f"setting {name!r} has type {annotation!r}, which has no flag type here")
+
+
+def given(config_type: type, flag_values=flags.FLAGS) -> dict[str, Any]:
+    """The settings of `config_type` given on the command line, by flat name, as the dataclasses take them."""
+    values = {}
+    for leaf in settings.leaves(config_type):
+        flag = flag_values[leaf.name]
+        if flag.present and leaf.name not in values:
+            value = flag.value
+            values[leaf.name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def parse(recipe, flag_values=flags.FLAGS):
+    """`recipe` with every flag given on the command line applied (ValueError if one is invalid)."""
+    return settings.replace(recipe, **given(type(recipe), flag_values))
