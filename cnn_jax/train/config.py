@@ -51,6 +51,24 @@ class TrainConfig:
         down-right (reflect padding), weighting their logits 1/4 each against 1/2 for the
         untranslated ones, as airbench94's test-time augmentation does; 0 for none. Each
         translated view is flip-averaged too under `test_time_flip`.
+      ema_decay: keep an exponential moving average of the weights (params and BatchNorm
+        statistics), updated after every optimizer update with this decay, and evaluate, pick
+        the best checkpoint and export with it; 0 for none, e.g. 0.999.
+      lookahead_steps: wrap the optimizer in lookahead, synchronizing its slow weights every
+        this many updates, and evaluate on the slow weights; 0 for none, e.g. 5.
+      lookahead_alpha: the fraction of the way lookahead's slow weights move towards the fast
+        ones at each synchronization, in (0, 1]; used when `lookahead_steps` > 0.
+      mixup_alpha: mix each training batch with mixup, its weight drawn from Beta(alpha, alpha)
+        once per batch, and train on the mixed soft targets; 0 for none, e.g. 0.2.
+      cutmix_alpha: paste a box of another image into each training image (CutMix), its area
+        drawn from Beta(alpha, alpha), with targets weighted by area; 0 for none, e.g. 1.0.
+      mixup_switch_prob: when both `mixup_alpha` and `cutmix_alpha` are positive, the
+        probability that a batch gets CutMix instead of mixup.
+      grad_clip_norm: scale the gradient down to this global norm when it is larger, before the
+        optimizer (and its L2 weight decay) sees it; 0 for no clipping, e.g. 1.0.
+      accumulate_steps: average the gradients of this many batches into one optimizer update
+        (optax.MultiSteps), for an effective batch this many times larger; the schedule counts
+        updates. 1 for none.
     """
 
     epochs: int = 10
@@ -71,6 +89,14 @@ class TrainConfig:
     test_time_flip: bool = False
     class_weights: bool = False
     test_time_shift: int = 0
+    ema_decay: float = 0.0
+    lookahead_steps: int = 0
+    lookahead_alpha: float = 0.5
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_switch_prob: float = 0.5
+    grad_clip_norm: float = 0.0
+    accumulate_steps: int = 1
 
     def __post_init__(self):
         _require(self.epochs >= 1, "epochs", self.epochs, "use at least 1 epoch")
@@ -102,6 +128,23 @@ class TrainConfig:
                  "use 0 for no translated views or a few pixels, e.g. 1")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints,
                  "keep at least 1 checkpoint so that runs can resume")
+        _require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay,
+                 "use 0 for no EMA or a decay in (0, 1) close to 1, e.g. 0.999")
+        _require(self.lookahead_steps >= 0, "lookahead_steps", self.lookahead_steps,
+                 "use 0 for no lookahead or a positive number of updates, e.g. 5")
+        _require(0 < self.lookahead_alpha <= 1, "lookahead_alpha", self.lookahead_alpha,
+                 "use a value in (0, 1], e.g. 0.5")
+        _require(self.mixup_alpha >= 0, "mixup_alpha", self.mixup_alpha,
+                 "use 0 for no mixup or a positive Beta parameter, e.g. 0.2")
+        _require(self.cutmix_alpha >= 0, "cutmix_alpha", self.cutmix_alpha,
+                 "use 0 for no CutMix or a positive Beta parameter, e.g. 1.0")
+        _require(0 <= self.mixup_switch_prob <= 1, "mixup_switch_prob", self.mixup_switch_prob,
+                 "use a probability in [0, 1], e.g. 0.5")
+        _require(math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0,
+                 "grad_clip_norm", self.grad_clip_norm,
+                 "use 0 for no clipping or a positive global norm, e.g. 1.0")
+        _require(self.accumulate_steps >= 1, "accumulate_steps", self.accumulate_steps,
+                 "use 1 for no accumulation or the number of batches per update, e.g. 4")
 
 
 def _require(ok: bool, field: str, value, fix: str) -> None:
