@@ -1,6 +1,8 @@
 """2-D convolution on NHWC images with HWIO kernels: the XLA op and a readable reference."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Optional
 
@@ -13,6 +15,19 @@ from cnn_jax.ops import onednn
 from cnn_jax.ops import padding as padding_lib
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+_XLA_ONLY = contextvars.ContextVar("cnn_jax_conv_xla_only", default=False)
+
+
+@contextlib.contextmanager
+def xla_only():
+    """Within it, ``conv2d`` traces to ``lax.conv_general_dilated`` alone: no oneDNN custom call and no
+    ``platform_dependent`` branch, so a lowered graph is portable (``cnn_jax.export`` traces under it). A switch
+    at tracing time: a function jitted before keeps the trace it has."""
+    token = _XLA_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _XLA_ONLY.reset(token)
 
 
 def _check(x, kernel, groups):
@@ -77,14 +92,17 @@ def _onednn_conv(x, kernel, strides, dilations, pads, mode, groups):
 
 
 def _onednn_serves(x, kernel, pads) -> bool:
-    """Float32 convolutions (dense, grouped or depthwise) with zero padding, on a CPU backend of one device.
+    """Float32 and bfloat16 convolutions (dense, grouped or depthwise) with zero padding, on a CPU backend of one
+    device; bfloat16 only where oneDNN has native bf16 kernels for this CPU (AVX-512 BF16 or AMX).
 
     With several CPU devices (simulated ones, or a multi-process CPU run) XLA's convolution is used: XLA cannot
     partition a custom call, so a batch-sharded oneDNN call would gather the whole batch onto every device.
     """
     f32 = x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+    bf16 = x.dtype == jnp.bfloat16 and kernel.dtype == jnp.bfloat16
     single_cpu = len(jax.devices("cpu")) == 1
-    return f32 and single_cpu and min(p for pair in pads for p in pair) >= 0 and onednn.available()
+    served = min(p for pair in pads for p in pair) >= 0 and single_cpu and (f32 or bf16) and onednn.available()
+    return served and (f32 or onednn.bfloat16_native())
 
 
 def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None, *,
@@ -93,16 +111,19 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = No
 
     Output spatial sizes are ``conv_output_size(n, k, stride, padding, dilation)``. ``groups == C``
     gives a depthwise convolution. Runs on ``lax.conv_general_dilated``; "CIRCULAR" pads by wrapping first.
-    On CPU two cases leave XLA, each for the much faster path measured in BENCHMARKS.md: float32 convolutions
-    run on oneDNN's kernels (``cnn_jax.ops.onednn``; XLA's weight gradient is 3-5x slower, its grouped ones far
-    slower still), and other depthwise ones (bfloat16, several CPU devices) lower to shifted multiply-adds.
+    On CPU two cases leave XLA, each for the much faster path measured in BENCHMARKS.md: float32 and bfloat16
+    convolutions run on oneDNN's kernels (``cnn_jax.ops.onednn``; XLA's weight gradient is 3-5x slower, its grouped
+    ones far slower still; bfloat16 where the CPU has bf16 instructions), and other depthwise ones (several CPU
+    devices, bfloat16 without them) lower to shifted multiply-adds.
     Other backends keep XLA's convolution.
     """
     _check(x, kernel, groups)
     strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
     kernel = kernel.astype(x.dtype)
     xla = functools.partial(_xla_conv, strides=strides, dilations=dilations, pads=pads, mode=mode, groups=groups)
-    if _onednn_serves(x, kernel, pads):
+    if _XLA_ONLY.get():
+        y = xla(x, kernel)
+    elif _onednn_serves(x, kernel, pads):
         on_onednn = functools.partial(_onednn_conv, strides=strides, dilations=dilations, pads=pads, mode=mode,
                                       groups=groups)
         y = lax.platform_dependent(x, kernel, cpu=on_onednn, default=xla)

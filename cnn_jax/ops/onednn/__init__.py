@@ -1,15 +1,18 @@
-"""Dense float32 convolutions on oneDNN for the CPU backend, behind ``ops.conv2d``.
+"""Float32 and bfloat16 convolutions (dense, grouped, depthwise) on oneDNN for the CPU backend, behind ``ops.conv2d``.
 
 XLA's CPU convolutions match oneDNN's forward but run the weight gradient 3-5x slower, and grouped (depthwise)
 ones far slower in every direction (BENCHMARKS.md); this package puts oneDNN's forward, data-gradient and
-weight-gradient kernels under one differentiable primitive.
+weight-gradient kernels under one differentiable primitive. bfloat16 operands run oneDNN's bf16 kernels
+(bf16 products, float32 accumulation, a bf16 result), which ``bfloat16_native()`` checks this CPU has.
 ``available()`` is False (and ``conv2d`` stays on XLA) without the oneDNN wheels or a C++ compiler, or with
 ``CNN_JAX_CONV=xla`` in the environment.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 
+import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.ops import arithmetic
@@ -21,8 +24,21 @@ def available() -> bool:
     return build.load() is not None
 
 
+@functools.lru_cache(maxsize=None)
+def bfloat16_native() -> bool:
+    """Whether oneDNN serves bfloat16 convolutions here with JIT kernels in every mode (AVX-512 BF16 or AMX), not
+    its reference loops, which would be far slower than XLA. Checked on a 3x3 and a depthwise convolution."""
+    for x_shape, kernel_shape, groups in (((8, 16, 16, 32), (3, 3, 32, 32), 1), ((8, 16, 16, 32), (3, 3, 1, 32), 32)):
+        for mode in range(3):
+            name = implementation(mode, x_shape, kernel_shape, (1, 1), ((1, 1), (1, 1)), (1, 1), groups, "bfloat16")
+            if name.startswith(("ref", "error", "unavailable")) or "bf16" not in name and "amx" not in name:
+                return False
+    return True
+
+
 def conv2d(x, kernel, strides, pads, dilations, groups=1):
-    """``x`` (N, H, W, C) float32 with ``kernel`` (kh, kw, C // groups, F), explicit non-negative ``pads``; CPU only."""
+    """``x`` (N, H, W, C) with ``kernel`` (kh, kw, C // groups, F), both float32 or both bfloat16, explicit
+    non-negative ``pads``; CPU only. The result has their dtype."""
     from cnn_jax.ops.onednn import primitive
 
     out_h, out_w = arithmetic.conv_output_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilations)
@@ -30,8 +46,9 @@ def conv2d(x, kernel, strides, pads, dilations, groups=1):
     return primitive.forward(x, kernel, geometry, (x.shape[0], out_h, out_w, kernel.shape[3]))
 
 
-def implementation(mode: int, x_shape, kernel_shape, strides, pads, dilations, groups=1) -> str:
-    """The oneDNN implementation that serves a convolution, e.g. ``"brg_conv_fwd:avx512_core"``."""
+def implementation(mode: int, x_shape, kernel_shape, strides, pads, dilations, groups=1, dtype="float32") -> str:
+    """The oneDNN implementation that serves a convolution, e.g. ``"brg_conv_fwd:avx512_core"``; ``dtype`` is
+    ``"float32"`` or ``"bfloat16"``."""
     library = build.load()
     if library is None:
         return "unavailable"
@@ -39,4 +56,6 @@ def implementation(mode: int, x_shape, kernel_shape, strides, pads, dilations, g
     out_h, out_w = arithmetic.conv_output_hw((h, w), (kh, kw), strides, pads, dilations)
     dims = np.asarray([n, h, w, c, kh, kw, o, out_h, out_w, *strides, *pads[0], *pads[1], *dilations, groups],
                       np.int64)
-    return library.CnnJaxConvImplementation(mode, dims.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))).decode()
+    bf16 = {"float32": 0, "bfloat16": 1}[jnp.dtype(dtype).name]
+    return library.CnnJaxConvImplementation(mode, dims.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+                                            bf16).decode()

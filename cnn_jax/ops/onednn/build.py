@@ -86,5 +86,6 @@ def load() -> Optional[ctypes.CDLL]:
         logging.getLogger(__name__).warning("oneDNN convolutions unavailable, using XLA's: %s", error)
         return None
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.CnnJaxConv), platform="cpu")
+    library.CnnJaxConvImplementation.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
     library.CnnJaxConvImplementation.restype = ctypes.c_char_p
     return library

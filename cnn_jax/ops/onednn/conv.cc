@@ -1,7 +1,9 @@
 // 2-D convolution forward, data gradient and weight gradient on oneDNN, as one XLA FFI custom call.
 //
-// Layouts are the ones cnn_jax uses everywhere: images NHWC, kernels HWIO, float32. The call's two
-// operands and its result depend on `mode` (G = groups; G = C is a depthwise convolution):
+// Layouts are the ones cnn_jax uses everywhere: images NHWC, kernels HWIO. Operands and result share one dtype,
+// float32 or bfloat16; bfloat16 runs oneDNN's bf16 kernels, which multiply bf16 values and accumulate in float32,
+// rounding to bf16 once at the end. The call's two operands and its result depend on `mode` (G = groups; G = C is
+// a depthwise convolution):
 //   0 forward          x  (N,H,W,C),   w  (KH,KW,C/G,O) -> y  (N,OH,OW,O)
 //   1 data gradient    dy (N,OH,OW,O), w  (KH,KW,C/G,O) -> dx (N,H,W,C)
 //   2 weight gradient  x  (N,H,W,C),   dy (N,OH,OW,O)   -> dw (KH,KW,C/G,O)
@@ -31,18 +33,21 @@ struct Geometry {
   int64_t n, h, w, c, kh, kw, o, oh, ow;
   int64_t sh, sw, pt, pb, pl, pr, dh, dw;
   int64_t groups, mode;
-  auto key() const { return std::tie(mode, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups); }
+  memory::data_type type;  // of both operands and the result: f32 or bf16
+  auto key() const {
+    return std::tie(mode, type, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups);
+  }
   bool operator<(const Geometry& other) const { return key() < other.key(); }
 
-  memory::desc images() const { return {{n, c, h, w}, memory::data_type::f32, tag::nhwc}; }
-  memory::desc outputs() const { return {{n, o, oh, ow}, memory::data_type::f32, tag::nhwc}; }
+  memory::desc images() const { return {{n, c, h, w}, type, tag::nhwc}; }
+  memory::desc outputs() const { return {{n, o, oh, ow}, type, tag::nhwc}; }
   memory::dims weight_dims() const {
     return groups == 1 ? memory::dims{o, c, kh, kw} : memory::dims{groups, o / groups, c / groups, kh, kw};
   }
   memory::desc user_weights() const {
-    return {weight_dims(), memory::data_type::f32, groups == 1 ? tag::hwio : tag::hwigo};
+    return {weight_dims(), type, groups == 1 ? tag::hwio : tag::hwigo};
   }
-  memory::desc any_weights() const { return {weight_dims(), memory::data_type::f32, tag::any}; }
+  memory::desc any_weights() const { return {weight_dims(), type, tag::any}; }
   memory::dims strides() const { return {sh, sw}; }
   memory::dims dilates() const { return {dh - 1, dw - 1}; }  // oneDNN counts dilation from 0
   memory::dims pad_l() const { return {pt, pl}; }
@@ -151,7 +156,7 @@ void Execute(const Step& step, std::unordered_map<int, memory> args) {
   step.primitive.execute(Stream(), args);
 }
 
-void Run(const Geometry& g, float* a, float* b, float* out) {
+void Run(const Geometry& g, void* a, void* b, void* out) {
   static std::mutex running;
   std::lock_guard<std::mutex> lock(running);
   const Plan& plan = GetPlan(g);
@@ -189,11 +194,15 @@ std::string Shape(ffi::Span<const int64_t> dims) {
   return text + ")";
 }
 
-ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out, int64_t mode,
+ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t mode,
                 ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                 ffi::Span<const int64_t> dilation, int64_t groups) {
   if (mode < 0 || mode > 2 || strides.size() != 2 || padding.size() != 4 || dilation.size() != 2 || groups < 1) {
     return ffi::Error::InvalidArgument("cnn_jax_conv: bad mode or geometry attributes");
+  }
+  auto dtype = a.element_type();
+  if ((dtype != ffi::F32 && dtype != ffi::BF16) || b.element_type() != dtype || out->element_type() != dtype) {
+    return ffi::Error::InvalidArgument("cnn_jax_conv: operands and result must all be float32 or all bfloat16");
   }
   auto images = mode == 1 ? out->dimensions() : a.dimensions();
   auto kernel = mode == 2 ? out->dimensions() : b.dimensions();
@@ -207,9 +216,9 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuf
   }
   Geometry g{images[0], images[1], images[2], images[3], kernel[0], kernel[1], kernel[3], outputs[1], outputs[2],
              strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], dilation[0], dilation[1],
-             groups, mode};
+             groups, mode, dtype == ffi::BF16 ? memory::data_type::bf16 : memory::data_type::f32};
   try {
-    Run(g, a.typed_data(), b.typed_data(), out->typed_data());
+    Run(g, a.untyped_data(), b.untyped_data(), out->untyped_data());
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal("cnn_jax_conv: oneDNN failed (status " + std::to_string(e.status) + ") in mode " +
                                 std::to_string(mode) + " for images " + Shape(images) + ", kernel " + Shape(kernel) +
@@ -222,9 +231,9 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuf
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv, Conv,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("mode")
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding")
@@ -232,11 +241,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv, Conv,
                                   .Attr<int64_t>("groups"));
 
 // Which oneDNN implementation serves a geometry (e.g. "brg_conv_fwd:avx512_core"), for benchmarks and tests.
-// `dims` holds n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups.
-extern "C" const char* CnnJaxConvImplementation(int64_t mode, const int64_t* d) {
+// `dims` holds n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups; `bf16` picks the dtype.
+extern "C" const char* CnnJaxConvImplementation(int64_t mode, const int64_t* d, int64_t bf16) {
   thread_local std::string name;
   Geometry g{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13], d[14], d[15],
-             d[16], d[17], mode};
+             d[16], d[17], mode, bf16 ? memory::data_type::bf16 : memory::data_type::f32};
   try {
     name = GetPlan(g).implementation;
   } catch (const dnnl::error& e) {

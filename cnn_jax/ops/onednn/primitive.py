@@ -31,17 +31,22 @@ def forward(x, w, geometry, shape):
     return _bind(x, w, FORWARD, shape, geometry)
 
 
+DTYPES = (jnp.float32, jnp.bfloat16)
+
+
 def _abstract_eval(a, b, *, mode, shape, geometry):
-    if a.dtype != jnp.float32 or b.dtype != jnp.float32:
-        raise TypeError(f"the oneDNN convolution takes float32, got {a.dtype} and {b.dtype}")
-    return jax.core.ShapedArray(shape, jnp.float32)
+    """The result has the operands' dtype (float32, or bfloat16 computed with float32 accumulation)."""
+    if a.dtype != b.dtype or a.dtype not in DTYPES:
+        raise TypeError(f"the oneDNN convolution takes two float32 or two bfloat16 operands, got {a.dtype} and "
+                        f"{b.dtype}")
+    return jax.core.ShapedArray(shape, a.dtype)
 
 
 def _lower(a, b, *, mode, shape, geometry):
     if build.load() is None:
         raise RuntimeError("the oneDNN convolution kernel is not available; use ops.conv2d, which falls back to XLA")
     strides, pads, dilations, groups = geometry
-    call = jax.ffi.ffi_call(build.TARGET, jax.ShapeDtypeStruct(shape, jnp.float32))
+    call = jax.ffi.ffi_call(build.TARGET, jax.ShapeDtypeStruct(shape, a.dtype))
     return call(a, b, mode=np.int64(mode), strides=np.asarray(strides, np.int64),
                 padding=np.asarray([p for pair in pads for p in pair], np.int64),
                 dilation=np.asarray(dilations, np.int64), groups=np.int64(groups))
