@@ -14,7 +14,7 @@ import importlib
 _SOURCES = {
     "augment": ("AUGMENTATIONS", "cutout", "make_augment", "random_crop", "random_flip"),
     "dataset": ("EVAL_SPLITS", "TEST_FRACTION", "DataConfig", "Dataset", "DatasetInfo", "from_arrays",
-                "is_folder_path", "load"),
+                "is_folder_path", "load", "process_eval_batches", "process_train_batches"),
     "image_folder": ("ImageFolder", "UnreadableImageError", "read_image", "read_image_folder"),
     "prefetch": ("prefetch_to_device",),
     "tfds_source": ("TESTED_DATASETS", "DatasetUnavailableError"),

@@ -10,10 +10,11 @@ decode (corrupt, truncated, not an image) is skipped and counted, never fatal.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = "JPEG, PNG, GIF, BMP or WebP"
 _DECODE_BATCH = 256
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax", "input")
 _SHOWN_SKIPPED = 3  # skipped files named in the log line
 _TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*", re.DOTALL)  # op names around TF's error message
 
@@ -77,30 +79,38 @@ def _check_size(image_size, where: str) -> tuple[int, int]:
     return tuple(int(s) for s in image_size)
 
 
-def read_image_folder(root: str, image_size: tuple[int, int], channels: int = 3) -> ImageFolder:
-    """Decodes every image below ``root``'s class subfolders into uint8 (N, H, W, ``channels``) arrays.
+def list_image_folder(root: str) -> tuple[str, tuple[str, ...], list[str], list[int]]:
+    """The expanded root, class names, and every file below the class folders with its class index (fixed order).
 
-    Files are read in parallel with tf.data; the ones that fail to decode are left out, logged with a count and
-    listed in ``ImageFolder.skipped``. Raises ValueError when ``root`` is not a folder, has fewer than two class
-    subfolders, or holds no readable image.
+    Raises ValueError when ``root`` is not a folder, has fewer than two class subfolders or no file below them.
     """
     root = os.path.expanduser(root)
     if not os.path.isdir(root):
         raise ValueError(f"image folder {root} does not exist or is not a folder")
-    image_size = _check_size(image_size, f"image folder {root}")
     class_names, paths, labels = _class_files(root)
     if not paths:
         raise ValueError(f"image folder {root} holds no files below its class folders {list(class_names)}")
+    return root, class_names, paths, labels
+
+
+def _decoded_in_order(paths, image_size, channels, keep_pixels: bool):
+    """tf.data's parallel decode of ``paths`` (failures dropped), batched: (images or sizes, indices) chunks."""
     tf, _ = tfds_source.import_tfds()  # TF kept off the GPU, as for tfds data
+
+    def decode(path, index):
+        image = _decode(tf, tf.io.read_file(path), image_size, channels)
+        return (image if keep_pixels else tf.reduce_max(image)), index  # a value that needs the decode
+
     files = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
-    decoded = (files.map(lambda path, index: (_decode(tf, tf.io.read_file(path), image_size, channels), index),
-                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .ignore_errors().batch(_DECODE_BATCH))
-    chunks = list(decoded.as_numpy_iterator())
-    if not chunks:
+    decoded = files.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    return decoded.batch(_DECODE_BATCH).as_numpy_iterator()
+
+
+def _report_skipped(root, class_names, paths, labels, read) -> tuple[tuple[str, ...], np.ndarray]:
+    """Logs the files that did not decode and the classes left empty; returns the skipped paths and kept labels."""
+    if not len(read):
         raise ValueError(f"image folder {root} holds no readable {FORMATS} image "
                          f"({len(paths)} files below its class folders {list(class_names)})")
-    images, read = (np.concatenate(column) for column in zip(*chunks))
     skipped = tuple(np.delete(np.asarray(paths, dtype=object), read).tolist())
     if skipped:
         log.warning("skipped %d of %d files in %s that are not readable %s images (e.g. %s)", len(skipped),
@@ -109,7 +119,57 @@ def read_image_folder(root: str, image_size: tuple[int, int], channels: int = 3)
     empty = [name for label, name in enumerate(class_names) if not np.any(labels == label)]
     if empty:
         log.warning("class folder(s) %s in %s hold no readable image: those classes cannot be learned", empty, root)
+    return skipped, labels
+
+
+def read_image_folder(root: str, image_size: tuple[int, int], channels: int = 3) -> ImageFolder:
+    """Decodes every image below ``root``'s class subfolders into uint8 (N, H, W, ``channels``) arrays.
+
+    Files are read in parallel with tf.data; the ones that fail to decode are left out, logged with a count and
+    listed in ``ImageFolder.skipped``. Raises ValueError when ``root`` is not a folder, has fewer than two class
+    subfolders, or holds no readable image.
+    """
+    image_size = _check_size(image_size, f"image folder {root}")
+    root, class_names, paths, labels = list_image_folder(root)
+    chunks = list(_decoded_in_order(paths, image_size, channels, keep_pixels=True))
+    images, read = (np.concatenate(column) for column in zip(*chunks)) if chunks else (None, np.zeros(0, int))
+    skipped, labels = _report_skipped(root, class_names, paths, labels, read)
     return ImageFolder(class_names, images, labels, skipped)
+
+
+def scan_image_folder(root: str, image_size: tuple[int, int], channels: int = 3, cache_dir: Optional[str] = None):
+    """Which files of ``root`` decode, without keeping any pixels: (class names, readable paths, their labels,
+    skipped paths), the same files and labels ``read_image_folder`` keeps.
+
+    Every file is decoded and resized once (tf.data, in parallel); the outcome is cached in ``cache_dir`` (default
+    ``~/.cache/cnn_jax/input``) under a key of every path, size and modification time, so a resumed run skips it.
+    """
+    root, class_names, paths, labels = list_image_folder(root)
+    image_size = _check_size(image_size, f"image folder {root}")
+    key = hashlib.sha256(f"{image_size} {channels}".encode())
+    for path in paths:
+        stat = os.stat(path)
+        key.update(f"\0{path}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    cache = os.path.join(cache_dir or DEFAULT_CACHE_DIR, f"folder-{key.hexdigest()[:32]}.npy")
+    try:
+        read = np.load(cache)
+        log.info("readable files of %s from the cache %s", root, cache)
+    except (OSError, ValueError):
+        chunks = [index for _, index in _decoded_in_order(paths, image_size, channels, keep_pixels=False)]
+        read = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            np.save(cache, read)
+            log.info("checked that the %d files of %s decode; cached in %s", len(paths), root, cache)
+        except OSError as error:
+            log.info("checked that the %d files of %s decode (not cached: %s)", len(paths), root, error)
+    skipped, labels = _report_skipped(root, class_names, paths, labels, read)
+    return class_names, [paths[i] for i in read], labels, skipped
+
+
+def decode_file(tf, path, image_size: tuple[int, int], channels: int = 3):
+    """The TF ops that read and decode one file as ``read_image_folder`` does (for tf.data pipelines)."""
+    return _decode(tf, tf.io.read_file(path), image_size, channels)
 
 
 def read_image(path: str, image_size: Sequence[int], channels: int = 3) -> np.ndarray:

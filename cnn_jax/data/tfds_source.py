@@ -6,6 +6,7 @@ code that needs only augmentation or batching.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import urllib.parse
 from typing import Optional
@@ -126,3 +127,93 @@ def read_tfds(name: str, data_dir: Optional[str] = None,
     class_names = _check_features(builder, name, image_size)
     splits = {split: _read_split(tf, tfds, builder, split, image_size) for split in builder.info.splits}
     return TfdsArrays(class_names, splits)
+
+
+_TFRECORD_HEADER = 12  # uint64 length, uint32 masked CRC of the length; the data's CRC (4 bytes) follows the data
+
+
+def _tfrecord_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, length) of every record's data in TFRecord file ``path``, found by reading only the headers."""
+    offsets, lengths = [], []
+    with open(path, "rb") as file:
+        size, position = os.fstat(file.fileno()).st_size, 0
+        while position < size:
+            header = os.pread(file.fileno(), _TFRECORD_HEADER, position)
+            if len(header) < _TFRECORD_HEADER:
+                raise ValueError(f"{path} is cut short at byte {position}: not a complete TFRecord file")
+            length = int.from_bytes(header[:8], "little")
+            offsets.append(position + _TFRECORD_HEADER)
+            lengths.append(length)
+            position += _TFRECORD_HEADER + length + 4
+    return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
+
+
+def _stored_order(tf, instructions, disable_shuffling: bool) -> np.ndarray:
+    """(file, record) of each example of a split, (N, 2), in the order ``builder.as_dataset(shuffle_files=False)``
+    reads them: tfds's own interleave of its file instructions (cycle 16, or 1 for ordered datasets; blocks of 16)."""
+    files = np.arange(len(instructions), dtype=np.int64)
+    skips = np.asarray([i.skip for i in instructions], np.int64)
+    takes = np.asarray([i.take if i.take >= 0 else i.examples_in_shard - i.skip for i in instructions], np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((files, skips, takes)).interleave(
+        lambda f, s, t: tf.data.Dataset.range(s, s + t).map(lambda r: tf.stack([f, r])),
+        cycle_length=1 if disable_shuffling else 16, block_length=16, deterministic=True)
+    chunks = list(ds.batch(1 << 16).as_numpy_iterator())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int64)
+
+
+class TfdsRecords:
+    """Random access to the encoded (serialized tf.Example) records of one tfds split, by stored position.
+
+    TFRecord files have no index, so one is built from the record headers (a few syscalls per record, no data
+    read); the files stay where tfds wrote them, read-only. Position i is the i-th example ``read_tfds`` reads.
+    """
+
+    def __init__(self, tf, builder, split: str):
+        if "tfrecord" not in str(builder.info.file_format).lower():
+            raise ValueError(f"streaming reads TFRecord files; {builder.info.name} is stored as "
+                             f"{builder.info.file_format}")
+        instructions = builder.info.splits[split].file_instructions
+        self._paths = [os.fspath(i.filename) for i in instructions]
+        order = _stored_order(tf, instructions, bool(builder.info.disable_shuffling))
+        index = [_tfrecord_offsets(path) for path in self._paths]
+        first = np.cumsum([0] + [len(offsets) for offsets, _ in index])[:-1]  # each file's first record
+        flat = first[order[:, 0]] + order[:, 1]
+        self._file = order[:, 0].astype(np.int32)
+        self._offset = np.concatenate([offsets for offsets, _ in index])[flat]
+        self._length = np.concatenate([lengths for _, lengths in index])[flat]
+        self._fds: Optional[list[int]] = None
+
+    def __len__(self) -> int:
+        return len(self._file)
+
+    def read(self, positions) -> list[bytes]:
+        """The serialized records at ``positions``, in that order."""
+        if self._fds is None:
+            self._fds = [os.open(path, os.O_RDONLY) for path in self._paths]
+        return [os.pread(self._fds[self._file[i]], int(self._length[i]), int(self._offset[i])) for i in positions]
+
+    def __del__(self):
+        for fd in self._fds or ():
+            os.close(fd)
+
+
+def open_tfds(name: str, data_dir: Optional[str] = None, image_size: Optional[tuple[int, int]] = None):
+    """What streaming a tfds dataset needs without reading it: the builder, its class names, the
+    ``(image, label)`` keys and the decoded image shape (H, W, C)."""
+    tf, tfds = import_tfds()
+    builder = _builder(tfds, name, data_dir)
+    class_names = _check_features(builder, name, image_size)
+    image = builder.info.features[builder.info.supervised_keys[0]]
+    height, width = image_size or image.shape[:2]
+    return tf, builder, class_names, (int(height), int(width), int(image.shape[2] or 3))
+
+
+def decode_record(tf, builder, serialized, image_size):
+    """A serialized record as (uint8 image, int32 label), decoded as ``read_tfds`` decodes it: tfds's own
+    feature decoding, then the same resize."""
+    image_key, label_key = builder.info.supervised_keys
+    example = builder.info.features.deserialize_example(serialized)
+    image = example[image_key]
+    if image_size is not None:
+        image = cover_and_center_crop(tf, image, image_size)
+    return image, tf.cast(example[label_key], tf.int32)
