@@ -6,14 +6,18 @@ normalization lives inside the model; its ``mean`` and ``std`` are pinned into t
 change of a model's defaults cannot change what an exported model computes. The compute dtype is not exported:
 inference runs in float32 (params are float32 either way).
 
-Writing removes ``meta.json`` first and writes it last (each file atomically), so an export cut short has no
-``meta.json`` and reads as incomplete, never as a mix of two runs.
+Writing is durable: the new export is written into a temporary sibling directory (``meta.json`` last), every
+file and the directory are fsynced, and only then is it swapped in for the old one by renames. A write that
+fails or is cut short leaves the previous export as it was (and no half-written ``export/``). Portable
+artifacts made from an export (``cnn_jax.export.portable``) live in the same directory, so a re-export drops
+them with the weights they were made from.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import shutil
+import uuid
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -22,47 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from cnn_jax.export.meta import (FORMAT, META_FILE, VARIABLES_FILE, ExportError, ExportMeta, export_dir, read_meta,
+                                 rewrite_hint)
 from cnn_jax.models import get_model
 
-EXPORT_DIR = "export"
-META_FILE = "meta.json"
-VARIABLES_FILE = "variables.msgpack"
-FORMAT = 1
 _PINNED_FIELDS = ("mean", "std")
 _SHOWN_MISMATCHES = 5
-
-
-class ExportError(ValueError):
-    """An export is missing, incomplete, corrupt, or does not fit its model."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportMeta:
-    """What an export says about its model: ``get_model(model_name, len(class_names), **model_kwargs)``."""
-    model_name: str
-    model_kwargs: Mapping[str, Any]
-    class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.image_shape[0], self.image_shape[1]
-
-    def build(self) -> nn.Module:
-        return get_model(self.model_name, len(self.class_names), **self.model_kwargs)
-
-
-def export_dir(workdir: str) -> str:
-    return os.path.join(workdir, EXPORT_DIR)
-
-
-def _tuples(value):
-    """JSON lists back to the tuples Flax module fields need (they must be hashable)."""
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
 
 
 def _shape_problems(variables, model: nn.Module, image_shape) -> list[str]:
@@ -81,11 +50,51 @@ def _shape_problems(variables, model: nn.Module, image_shape) -> list[str]:
     return problems
 
 
-def _write_atomically(path: str, content: bytes) -> None:
-    partial = path + ".tmp"
-    with open(partial, "wb") as file:
+def write_synced(path: str, content: bytes) -> None:
+    with open(path, "wb") as file:
         file.write(content)
-    os.replace(partial, path)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def fsync_dir(path: str) -> None:
+    """Makes the entries of directory ``path`` (new files, renames) durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(path: str) -> None:
+    """fsyncs a file, or every file and directory below ``path``."""
+    if not os.path.isdir(path):
+        with open(path, "rb+") as file:
+            os.fsync(file.fileno())
+        return
+    for directory, _, files in os.walk(path):
+        for name in files:
+            fsync_tree(os.path.join(directory, name))
+        fsync_dir(directory)
+
+
+def sibling(path: str, what: str) -> str:
+    """An unused hidden name beside ``path``, e.g. ``.export.new-1234-9f2c``."""
+    return os.path.join(os.path.dirname(os.path.abspath(path)),
+                        f".{os.path.basename(path)}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def swap_in(staged: str, target: str) -> None:
+    """Replaces ``target`` (a file or directory, if any) by ``staged``, a fully written sibling, by renames."""
+    parent = os.path.dirname(os.path.abspath(target))
+    old = None
+    if os.path.lexists(target):
+        old = sibling(target, "old")
+        os.replace(target, old)
+    os.replace(staged, target)
+    fsync_dir(parent)
+    if old is not None:
+        shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
 
 
 def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], variables: Mapping,
@@ -111,32 +120,18 @@ def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], 
         raise ValueError(f"model_kwargs {kwargs} cannot be exported as JSON ({error}); pass plain numbers, "
                          "strings and lists") from None
     directory = export_dir(workdir)
-    os.makedirs(directory, exist_ok=True)
-    meta_path = os.path.join(directory, META_FILE)
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
-    _write_atomically(os.path.join(directory, VARIABLES_FILE), serialization.msgpack_serialize(variables))
-    _write_atomically(meta_path, (meta_text + "\n").encode())
-    return directory
-
-
-def _read_meta(directory: str, rewrite: str) -> ExportMeta:
-    path = os.path.join(directory, META_FILE)
-    if not os.path.isfile(path):
-        what = "is incomplete (no meta.json)" if os.path.isdir(directory) else "does not exist"
-        raise ExportError(f"the export {directory} {what}: a run writes it when training ends; {rewrite}")
+    os.makedirs(workdir, exist_ok=True)
+    staged = sibling(directory, "new")
+    os.mkdir(staged)
     try:
-        with open(path, encoding="utf-8") as file:
-            meta = json.load(file)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, this code reads format {FORMAT}")
-        image_shape = tuple(int(s) for s in meta["image_shape"])
-        if len(image_shape) != 3:
-            raise ValueError(f"image_shape {image_shape} is not (height, width, channels)")
-        return ExportMeta(str(meta["model"]), _tuples(dict(meta["model_kwargs"])),
-                          tuple(str(name) for name in meta["class_names"]), image_shape)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ExportError(f"corrupt export metadata {path} ({type(error).__name__}: {error}); {rewrite}") from None
+        write_synced(os.path.join(staged, VARIABLES_FILE), serialization.msgpack_serialize(variables))
+        write_synced(os.path.join(staged, META_FILE), (meta_text + "\n").encode())
+        fsync_dir(staged)
+        swap_in(staged, directory)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return directory
 
 
 def load_export(workdir: str) -> tuple[nn.Module, dict, ExportMeta]:
@@ -146,9 +141,8 @@ def load_export(workdir: str) -> tuple[nn.Module, dict, ExportMeta]:
     and the fix.
     """
     directory = export_dir(workdir)
-    rewrite = (f"rerun the experiment with --workdir={workdir} to write it (a finished run only evaluates and "
-               "exports again)")
-    meta = _read_meta(directory, rewrite)
+    rewrite = rewrite_hint(workdir)
+    meta = read_meta(directory, rewrite)
     try:
         model = meta.build()
     except (ValueError, TypeError) as error:

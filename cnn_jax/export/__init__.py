@@ -1,0 +1,39 @@
+"""A trained model for inference: the workdir export, and portable formats made from it.
+
+- ``workdir``: ``<workdir>/export/`` (``meta.json`` + Flax msgpack), written by every run (``save_export``) and
+  read by ``load_export``.
+- ``portable``: ``export_format(workdir, format)`` writes StableHLO, a TF SavedModel, TFLite (float32,
+  dynamic-range int8, full int8) or ONNX beside it; the module docstring records each format's route and why.
+- ``runtime``: runs those artifacts; the ONNX and TFLite runtimes never import JAX.
+
+Names are imported on first access (module ``__getattr__``), so ``cnn_jax.export.runtime`` and the metadata
+reader stay free of JAX and Flax.
+"""
+import importlib
+
+_SOURCES = {
+    "meta": ("EXPORT_DIR", "FORMAT", "FORMATS", "META_FILE", "TFLITE_VARIANTS", "VARIABLES_FILE", "ExportError",
+             "ExportMeta", "artifact_path", "check_format", "export_dir", "read_meta"),
+    "workdir": ("load_export", "save_export"),
+    "portable": ("UnsupportedOpError", "export_format"),
+    "runtime": ("RUNTIMES", "load_runtime"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    """A public name (or a submodule) imported when first asked for."""
+    if name in _SOURCES:
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

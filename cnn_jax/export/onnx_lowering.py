@@ -1,0 +1,235 @@
+"""The zoo's inference graphs (``export.graph``) as ONNX models, one primitive at a time.
+
+Route and why: no converter on the package index works beside this project's pins. jax2onnx 0.13.1-0.17.1
+require ``orbax-checkpoint<0.11.37`` (a downgrade of the pinned 0.12); 0.13.0, what pip falls back to, fails
+to import its own plugins on jax 0.10 (``jax.interpreters.batching.not_mapped`` is gone) and pulls in some
+twenty packages (equinox, huggingface_hub, netron, ...). tf2onnx has no handler for the ``XlaCallModule`` op
+that every jax2tf SavedModel holds. So this module lowers the primitives the zoo uses itself; each is
+tested against onnxruntime (tests/test_export_ops.py).
+
+Layout: JAX convolutions and pools are NHWC; ONNX's are NCHW, so each is wrapped in a pair of Transposes,
+which onnxruntime's transpose optimizer cancels between neighbouring layers. Opset 18.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from cnn_jax.export import graph as graph_lib
+
+OPSET = 18
+FORMAT = "onnx"
+_ELEMENTWISE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow",
+                "neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid", "sqrt": "Sqrt",
+                "abs": "Abs", "erf": "Erf", "sign": "Sign", "floor": "Floor", "ceil": "Ceil",
+                "gt": "Greater", "lt": "Less", "ge": "GreaterOrEqual", "le": "LessOrEqual", "eq": "Equal",
+                "and": "And", "or": "Or", "not": "Not", "copy": "Identity", "copy_p": "Identity"}
+_REDUCTIONS = {"reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin"}
+_DTYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32,
+           np.dtype(np.int64): TensorProto.INT64, np.dtype(np.bool_): TensorProto.BOOL}
+
+
+class _Builder:
+    """Names for values, initializers for constants, and the node list."""
+
+    def __init__(self):
+        self.nodes, self.initializers, self.names, self._count = [], [], {}, 0
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def constant(self, array) -> str:
+        array = np.asarray(array)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        name = self.fresh("const")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def name(self, value) -> str:
+        if isinstance(value, np.ndarray):
+            key = id(value)
+            if key not in self.names:
+                self.names[key] = (self.constant(value), value)  # the array is kept alive with its id
+            return self.names[key][0]
+        return self.names.setdefault(id(value), (self.fresh("v"), value))[0]
+
+    def node(self, op: str, inputs, outputs=None, **attributes) -> str:
+        outputs = outputs or [self.fresh(op.lower())]
+        self.nodes.append(helper.make_node(op, list(inputs), list(outputs), **attributes))
+        return outputs[0]
+
+    def ints(self, values) -> str:
+        return self.constant(np.asarray(values, np.int64))
+
+
+def _nchw(b, x, spec, out, lower):
+    """Runs ``lower(x_nchw) -> y_nchw`` on ``x`` laid out as ``spec`` (batch, feature, spatial...) axes."""
+    x = b.node("Transpose", [x], perm=list(spec[0]))
+    y = lower(x)
+    b.node("Transpose", [y], [out], perm=[int(i) for i in np.argsort(spec[1])])
+
+
+def _conv(b, eqn, x, out):
+    p = eqn.params
+    numbers = p["dimension_numbers"]
+    if any(d != 1 for d in p["lhs_dilation"]) or p["batch_group_count"] != 1:
+        raise graph_lib.UnsupportedOpError("conv_general_dilated", FORMAT, "input dilation or batch groups")
+    if min(v for pair in p["padding"] for v in pair) < 0:
+        raise graph_lib.UnsupportedOpError("conv_general_dilated", FORMAT, "negative padding")
+    kernel = eqn.inputs[1]
+    if isinstance(kernel, np.ndarray):
+        weight = b.constant(np.transpose(kernel, numbers.rhs_spec))
+    else:
+        weight = b.node("Transpose", [b.name(kernel)], perm=list(numbers.rhs_spec))
+    pads = [lo for lo, _ in p["padding"]] + [hi for _, hi in p["padding"]]
+    _nchw(b, x, (numbers.lhs_spec, numbers.out_spec), out,
+          lambda v: b.node("Conv", [v, weight], strides=list(p["window_strides"]), pads=pads,
+                           dilations=list(p["rhs_dilation"]), group=int(p["feature_group_count"])))
+
+
+def _max_pool(b, eqn, x, out):
+    p = eqn.params
+    window, strides, padding = p["window_dimensions"], p["window_strides"], p["padding"]
+    rank = len(window)
+    if (window[0], window[-1], strides[0], strides[-1]) != (1, 1, 1, 1) or rank != 4 or any(
+            d != 1 for d in (*p["base_dilation"], *p["window_dilation"])) or padding[0] != (0, 0) != padding[-1]:
+        raise graph_lib.UnsupportedOpError(eqn.primitive, FORMAT, "a window other than over the H, W axes of NHWC")
+    spatial = padding[1:3]
+    _nchw(b, x, ((0, 3, 1, 2), (0, 3, 1, 2)), out,
+          lambda v: b.node("MaxPool", [v], kernel_shape=list(window[1:3]), strides=list(strides[1:3]),
+                           pads=[lo for lo, _ in spatial] + [hi for _, hi in spatial]))
+
+
+def _dot_general(b, eqn, ins, out):
+    ((lc, rc), (lb, rb)) = eqn.params["dimension_numbers"]
+    lhs, rhs = (graph_lib.shape(v) for v in eqn.inputs)
+    if not lb and len(rhs) == 2 and tuple(lc) == (len(lhs) - 1,) and tuple(rc) == (0,):
+        b.node("MatMul", ins, [out])
+        return
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    left = [next(letters) for _ in lhs]
+    right = [next(letters) for _ in rhs]
+    for i, j in zip((*lc, *lb), (*rc, *rb)):
+        right[j] = left[i]
+    kept_left = [left[i] for i in range(len(lhs)) if i not in lc and i not in lb]
+    kept_right = [right[j] for j in range(len(rhs)) if j not in rc and j not in rb]
+    result = "".join([left[i] for i in lb] + kept_left + kept_right)
+    b.node("Einsum", ins, [out], equation=f"{''.join(left)},{''.join(right)}->{result}")
+
+
+def _reshape_to(b, x, sizes, out):
+    b.node("Reshape", [x, b.ints(graph_lib.dims(sizes, FORMAT))], [out])
+
+
+def _broadcast_in_dim(b, eqn, x, out):
+    target = eqn.params["shape"]
+    operand = graph_lib.shape(eqn.inputs[0])
+    keep = dict(zip(eqn.params["broadcast_dimensions"], operand))
+    middle = [keep.get(axis, 1) for axis in range(len(target))]
+    if list(middle) == list(target):
+        _reshape_to(b, x, middle, out)
+        return
+    reshaped = b.node("Reshape", [x, b.ints(graph_lib.dims(middle, FORMAT))])
+    # Expand broadcasts: a 1 in its shape keeps the input's size, so the batch axis is left to the input.
+    b.node("Expand", [reshaped, b.ints(graph_lib.dims(target, FORMAT, batch=1))], [out])
+
+
+def _slice(b, eqn, x, out):
+    p = eqn.params
+    sizes = graph_lib.shape(eqn.inputs[0])
+    steps = p["strides"] or (1,) * len(sizes)
+    axes = [a for a in range(len(sizes)) if (p["start_indices"][a], p["limit_indices"][a], steps[a]) != (0, sizes[a], 1)]
+    if not axes:
+        b.node("Identity", [x], [out])
+        return
+    b.node("Slice", [x, b.ints([p["start_indices"][a] for a in axes]), b.ints([p["limit_indices"][a] for a in axes]),
+                     b.ints(axes), b.ints([steps[a] for a in axes])], [out])
+
+
+def _pad(b, eqn, ins, out):
+    config = eqn.params["padding_config"]
+    if any(interior for _, _, interior in config) or min(min(lo, hi) for lo, hi, _ in config) < 0:
+        raise graph_lib.UnsupportedOpError("pad", FORMAT, "interior or negative padding")
+    pads = [int(lo) for lo, _, _ in config] + [int(hi) for _, hi, _ in config]
+    b.node("Pad", [ins[0], b.ints(pads), ins[1]], [out], mode="constant")
+
+
+def _integer_pow(b, eqn, ins, out):
+    y = eqn.params["y"]
+    if y == 2:
+        b.node("Mul", [ins[0], ins[0]], [out])
+    else:
+        b.node("Pow", [ins[0], b.constant(np.asarray(y, np.float32))], [out])
+
+
+def _lower(b, eqn) -> None:
+    name = eqn.primitive
+    (out,) = [b.name(v) for v in eqn.outputs]
+    if name == "conv_general_dilated":  # the kernel is named by _conv (transposed)
+        _conv(b, eqn, b.name(eqn.inputs[0]), out)
+        return
+    ins = [b.name(v) for v in eqn.inputs]
+    if name in _ELEMENTWISE:
+        b.node(_ELEMENTWISE[name], ins, [out])
+    elif name in _REDUCTIONS:
+        b.node(_REDUCTIONS[name], [ins[0], b.ints(eqn.params["axes"])], [out], keepdims=0)
+    elif name == "rsqrt":
+        b.node("Reciprocal", [b.node("Sqrt", ins)], [out])
+    elif name == "square":
+        b.node("Mul", [ins[0], ins[0]], [out])
+    elif name == "integer_pow":
+        _integer_pow(b, eqn, ins, out)
+    elif name == "convert_element_type":
+        dtype = np.dtype(eqn.params["new_dtype"])
+        if dtype not in _DTYPES:
+            raise graph_lib.UnsupportedOpError(name, FORMAT, f"to {dtype}")
+        b.node("Cast", ins, [out], to=_DTYPES[dtype])
+    elif name == "select_n":
+        if len(ins) != 3:
+            raise graph_lib.UnsupportedOpError(name, FORMAT, "more than two cases")
+        b.node("Where", [ins[0], ins[2], ins[1]], [out])
+    elif name == "clamp":
+        b.node("Min", [b.node("Max", [ins[1], ins[0]]), ins[2]], [out])
+    elif name == "reduce_window_max":
+        _max_pool(b, eqn, ins[0], out)
+    elif name == "dot_general":
+        _dot_general(b, eqn, ins, out)
+    elif name == "reshape":
+        _reshape_to(b, ins[0], eqn.params["new_sizes"], out)
+    elif name in ("squeeze", "expand_dims"):
+        _reshape_to(b, ins[0], graph_lib.shape(eqn.outputs[0]), out)
+    elif name == "broadcast_in_dim":
+        _broadcast_in_dim(b, eqn, ins[0], out)
+    elif name == "transpose":
+        b.node("Transpose", ins, [out], perm=list(eqn.params["permutation"]))
+    elif name == "slice":
+        _slice(b, eqn, ins[0], out)
+    elif name == "pad":
+        _pad(b, eqn, ins, out)
+    elif name == "concatenate":
+        b.node("Concat", ins, [out], axis=int(eqn.params["dimension"]))
+    else:
+        raise graph_lib.UnsupportedOpError(name, FORMAT, suggest="stablehlo, saved_model or tflite")
+
+
+def lower(graph: graph_lib.Graph, input_name: str = "images", output_name: str = "logits") -> onnx.ModelProto:
+    """An ONNX model of ``graph``: float32 ``images`` [batch, H, W, C] to ``logits`` [batch, classes]."""
+    b = _Builder()
+    b.names[id(graph.input)] = (input_name, graph.input)
+    for eqn in graph.equations:
+        _lower(b, eqn)
+    b.node("Identity", [b.name(graph.output)], [output_name])
+    image_shape = list(graph.input.aval.shape[1:])
+    classes = graph_lib.shape(graph.output)[1:]
+    model = helper.make_model(
+        helper.make_graph(b.nodes, "cnn_jax", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
+                                                                            ["batch", *image_shape])],
+                          [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", *classes])],
+                          b.initializers),
+        opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cnn_jax")
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
