@@ -28,14 +28,15 @@ def prefetch_to_device(batches: Iterator[dict], size: int = 2,
     return _prefetch(batches, size, sharding)
 
 
-# The host's float32 value of every uint8 level (np.divide by 255): looking it up gives on the devices the very
-# numbers a host-side division gives (XLA would turn a division by the constant 255 into an inexact product).
-_LEVELS = np.divide(np.arange(256, dtype=np.uint8), np.float32(255), dtype=np.float32)
-
-
 @jax.jit
 def _to_float(images: jax.Array) -> jax.Array:
-    return jnp.asarray(_LEVELS)[images]
+    """uint8 to float32 in [0, 1], bit for bit the host's ``np.divide(images, 255)``.
+
+    XLA turns a division by a constant (or a broadcast scalar) into a product with its rounded reciprocal, off
+    by one ulp for some levels; a divisor computed elementwise from the data keeps it a true division.
+    """
+    pixels = images.astype(jnp.float32)
+    return pixels / (pixels * 0 + 255)
 
 
 def _place(batch: dict, sharding) -> dict:
