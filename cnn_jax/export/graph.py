@@ -38,7 +38,7 @@ class UnsupportedOpError(ExportError):
     def __init__(self, primitive: str, fmt: str, detail: str = "", suggest: str = "stablehlo or saved_model"):
         self.primitive, self.format = primitive, fmt
         super().__init__(f"{fmt} cannot express the JAX primitive {primitive!r}{f' ({detail})' if detail else ''}; "
-                         f"export to {suggest} instead, which keep every JAX primitive")
+                         f"export to {suggest} instead (stablehlo and saved_model keep every JAX primitive)")
 
 
 class Value:
@@ -118,9 +118,13 @@ def _flatten(jaxpr: core.Jaxpr, env: dict, equations: list) -> None:
 def trace(model, variables, image_shape: Sequence[int]) -> Graph:
     """The inference graph of ``model.apply(variables, images)`` for float32 images of ``image_shape``."""
     variables = jax.tree.map(np.asarray, variables)
+    return trace_function(lambda images: model.apply(variables, images), image_shape)
+
+
+def trace_function(function, image_shape: Sequence[int]) -> Graph:
+    """The graph of ``function``: float32 [batch, *image_shape] to one array, whatever it closes over folded."""
     with conv.xla_only():
-        closed = jax.make_jaxpr(lambda images: model.apply(variables, images))(
-            jax.ShapeDtypeStruct((BATCH, *image_shape), jnp.float32))
+        closed = jax.make_jaxpr(function)(jax.ShapeDtypeStruct((BATCH, *image_shape), jnp.float32))
     jaxpr = closed.jaxpr
     env = {v: np.asarray(c) for v, c in zip(jaxpr.constvars, closed.consts)}
     (images,) = [Value(v.aval) for v in jaxpr.invars]

@@ -222,12 +222,14 @@ def lower(graph: graph_lib.Graph, input_name: str = "images", output_name: str =
     for eqn in graph.equations:
         _lower(b, eqn)
     b.node("Identity", [b.name(graph.output)], [output_name])
-    image_shape = list(graph.input.aval.shape[1:])
-    classes = graph_lib.shape(graph.output)[1:]
+    def symbolic(sizes):
+        return ["batch" if size == graph_lib.BATCH else int(size) for size in sizes]
+
     model = helper.make_model(
         helper.make_graph(b.nodes, "cnn_jax", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT,
-                                                                            ["batch", *image_shape])],
-                          [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", *classes])],
+                                                                            symbolic(graph.input.aval.shape))],
+                          [helper.make_tensor_value_info(output_name, TensorProto.FLOAT,
+                                                         symbolic(graph_lib.shape(graph.output)))],
                           b.initializers),
         opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cnn_jax")
     model.ir_version = 9
