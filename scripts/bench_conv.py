@@ -1,10 +1,13 @@
-"""Times depthwise convolution lowerings on this machine: XLA's grouped convolution, shifted multiply-adds, oneDNN.
+"""Times the CPU convolution lowerings on this machine, per dtype: XLA's convolution, shifted multiply-adds
+(depthwise only) and oneDNN.
 
-    python scripts/bench_conv.py [--batch=16] [--repeats=5]
+    python scripts/bench_conv.py [--shapes=resnet20,mobilenet] [--dtypes=float32,bfloat16] [--repeats=5]
 
-For depthwise shapes (MobileNetV2 / EfficientNet-Lite) ``ops.conv2d`` runs float32 on oneDNN on CPU, and other
-dtypes (or several CPU devices) on shifted multiply-adds; the table shows forward and forward+backward (input and
-kernel gradients) milliseconds for each of the three.
+``ops.conv2d`` runs float32 and bfloat16 convolutions on oneDNN on CPU (bfloat16 where the CPU has bf16 kernels),
+and depthwise ones on shifted multiply-adds with several CPU devices. One row per (shape, dtype, path): forward
+and forward+backward (input and kernel gradients) milliseconds, the fastest of ``--repeats`` single calls and their
+median, and each fastest against float32 oneDNN's on the same shape in the same run ("speedup": float32 oneDNN's
+milliseconds over the row's), so that ratios hold on a loaded machine even where absolute times do not. Each path's forward output is checked against XLA's float32 convolution first.
 """
 import time
 from unittest import mock
@@ -18,45 +21,82 @@ from jax import lax
 from cnn_jax import ops
 from cnn_jax.ops import onednn
 
-_BATCH = flags.DEFINE_integer("batch", 16, "Images per call.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (best of 2 rounds).")
+# (size, in channels, out channels, kernel, stride, groups) per shape set.
+SHAPES = {
+    # resnet20's convolutions at 32x32: each stage's 3x3 and the strided entries of stages 2 and 3.
+    "resnet20": [(32, 16, 16, 3, 1, 1), (32, 16, 32, 3, 2, 1), (16, 32, 32, 3, 1, 1), (16, 32, 64, 3, 2, 1),
+                 (8, 64, 64, 3, 1, 1)],
+    # depthwise layers of MobileNetV2 and EfficientNet-Lite0 at 224x224.
+    "mobilenet": [(112, 32, 32, 3, 1, 32), (56, 96, 96, 3, 2, 96), (28, 144, 144, 5, 1, 144),
+                  (14, 480, 480, 3, 1, 480), (14, 672, 672, 5, 2, 672)],
+}
+TOLERANCE = {"float32": 1e-3, "bfloat16": 2e-2}  # of the largest output, against XLA in float32
 
-# (size, channels, kernel, stride): depthwise layers of MobileNetV2 and EfficientNet-Lite0 at 224x224.
-DEPTHWISE = [(112, 32, 3, 1), (56, 96, 3, 2), (28, 144, 5, 1), (14, 480, 3, 1), (14, 672, 5, 2)]
+_SHAPES = flags.DEFINE_list("shapes", list(SHAPES), f"Shape sets, from {', '.join(SHAPES)}.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes: float32, bfloat16.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Images per call for the mobilenet (224x224) shapes.")
+_BATCH_CIFAR = flags.DEFINE_integer("batch_cifar", 128, "Images per call for the resnet20 (32x32) shapes.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement, each timed on its own.")
 
 
-def milliseconds(fn, *args) -> float:
+def milliseconds(fn, *args) -> tuple:
+    """(fastest, median) milliseconds of single calls. Under load the fastest approximates the idle machine:
+    oneDNN's multi-threaded kernels wait at barriers for a descheduled thread, which the median shows."""
     jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(2):
+    times = []
+    for _ in range(_REPEATS.value):
         start = time.perf_counter()
-        for _ in range(_REPEATS.value):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - start) / _REPEATS.value * 1e3)
-    return best
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    return min(times), float(np.median(times))
+
+
+def paths(x, w, stride, groups):
+    """{path: (jitted forward, jitted gradient)} for the lowerings ``ops.conv2d`` can take at these operands."""
+    k = w.shape[0]
+    pad = ((k // 2, k // 2),) * 2
+    xla = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), pad, feature_group_count=groups,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ours = lambda x, w: ops.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)
+    grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.square(f(x, w).astype(jnp.float32))), (0, 1)))
+    found = {"XLA": (jax.jit(xla), grad(xla))}
+    if groups > 1 and groups == x.shape[-1] == w.shape[-1]:
+        shifted = lambda x, w: ops.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)  # its own jit cache
+        with mock.patch.object(onednn, "available", lambda: False):  # traced here, so the shifted path is kept
+            found["shifted"] = (jax.jit(shifted).lower(x, w).compile(), grad(shifted).lower(x, w).compile())
+    if "cnn_jax_conv" in jax.jit(ours).lower(x, w).as_text():
+        found["oneDNN"] = (jax.jit(ours), grad(ours))
+    return found
 
 
 def main(argv):
     del argv
-    print(f"backend {jax.default_backend()}, batch {_BATCH.value}")
-    columns = [f"{path} {kind}" for kind in ("fwd", "grad") for path in ("XLA", "shifted", "oneDNN")]
-    print(f"{'shape (HxW, C, k, s)':<24}" + "".join(f"{c:>15}" for c in columns))
-    for size, channels, k, stride in DEPTHWISE:
-        x = jax.random.normal(jax.random.PRNGKey(0), (_BATCH.value, size, size, channels))
-        w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 1, channels))
-        pad = ((k // 2, k // 2),) * 2
-        xla = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), pad, feature_group_count=channels,
-                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        ours = lambda x, w: ops.conv2d(x, w, stride=stride, padding=k // 2, groups=channels)
-        grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
-        with mock.patch.object(onednn, "available", lambda: False):  # traced here, so the shifted path is kept
-            shifted, shifted_grad = jax.jit(ours).lower(x, w).compile(), grad(ours).lower(x, w).compile()
-        for fn in (shifted, jax.jit(ours)):
-            np.testing.assert_allclose(jax.jit(xla)(x, w), fn(x, w), rtol=1e-3, atol=1e-3)
-        row = [milliseconds(fn, x, w) for fn in (jax.jit(xla), shifted, jax.jit(ours),
-                                                 grad(xla), shifted_grad, grad(ours))]
-        print(f"{f'{size}x{size}, {channels}, {k}, {stride}':<24}" + "".join(f"{v:>15.1f}" for v in row))
+    print(f"backend {jax.default_backend()}, batch {_BATCH_CIFAR.value} (resnet20 shapes) / {_BATCH.value} "
+          f"(mobilenet shapes), bf16 oneDNN kernels: {onednn.bfloat16_native()}")
+    header = ["shape (HxW, Cin>Cout, k, s, g)", "dtype", "path", "fwd ms", "grad ms", "fwd speedup",
+              "grad speedup", "fwd median ms", "grad median ms"]
+    print(f"{header[0]:<32}{header[1]:<10}{header[2]:<9}" + "".join(f"{h:>19}" for h in header[3:]))
+    for shape_set in _SHAPES.value:
+        batch = _BATCH_CIFAR.value if shape_set == "resnet20" else _BATCH.value
+        for size, c_in, c_out, k, stride, groups in SHAPES[shape_set]:
+            x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, c_in))
+            w = jax.random.normal(jax.random.PRNGKey(1), (k, k, c_in // groups, c_out))
+            expected = np.asarray(lax.conv_general_dilated(x, w, (stride, stride), ((k // 2, k // 2),) * 2,
+                                                           feature_group_count=groups,
+                                                           dimension_numbers=("NHWC", "HWIO", "NHWC")))
+            rows = {}
+            for dtype in _DTYPES.value:
+                xd, wd = x.astype(dtype), w.astype(dtype)
+                for path, (forward, gradient) in paths(xd, wd, stride, groups).items():
+                    got = np.asarray(forward(xd, wd).astype(jnp.float32))
+                    assert np.abs(got - expected).max() <= TOLERANCE[dtype] * np.abs(expected).max(), (path, dtype)
+                    rows[dtype, path] = (milliseconds(forward, xd, wd), milliseconds(gradient, xd, wd))
+            base = rows.get(("float32", "oneDNN"))
+            for (dtype, path), ((fwd, fwd_median), (grad, grad_median)) in rows.items():
+                ratios = [f"{b[0] / t:.2f}x" for t, b in zip((fwd, grad), base)] if base else ["-", "-"]
+                print(f"{f'{size}x{size}, {c_in}>{c_out}, {k}, {stride}, {groups}':<32}{dtype:<10}{path:<9}" +
+                      "".join(f"{v:>19.2f}" for v in (fwd, grad)) + "".join(f"{r:>19}" for r in ratios) +
+                      "".join(f"{v:>19.2f}" for v in (fwd_median, grad_median)), flush=True)
 
 
 if __name__ == "__main__":

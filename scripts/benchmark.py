@@ -1,10 +1,11 @@
-"""Training and inference speed of cnn_jax beside PyTorch eager and Keras 3 (TensorFlow backend), same models.
+"""Training and inference speed of cnn_jax beside PyTorch (eager and `torch.compile`) and Keras 3 (TensorFlow
+backend), same models, in float32 and in bfloat16 mixed precision.
 
-    python scripts/benchmark.py --models=simple_cnn,resnet20 --frameworks=cnn_jax,torch,keras \\
-        --batch_size=128 --out=benchmark.json
+    python scripts/benchmark.py --models=simple_cnn,resnet20 --frameworks=cnn_jax,torch,torch_compile,keras \\
+        --batch_size=128 --dtype=float32,bfloat16 --out=benchmark.json
 
 prints a table and writes `--out`: a JSON list of records with the keys `framework`, `model`, `mode` ("train" or
-"infer"), `batch_size`, `images_per_sec`, `compile_s`, `peak_mem_mb` and `flops_fraction`. The machine, the
+"infer"), `dtype`, `batch_size`, `images_per_sec`, `compile_s`, `peak_mem_mb` and `flops_fraction`. The machine, the
 versions, the measured matmul speed and the model FLOPs go to the table's header and to `<out minus .json>.meta.json`.
 
 The models: `simple_cnn` (28x28x1, 10 classes) and `resnet20` (32x32x3, 10 classes) at `--batch_size`;
@@ -15,11 +16,19 @@ cnn_jax's; mobilenet_v2 and resnet50 come from torchvision and `keras.applicatio
 equals cnn_jax's (for Keras' applications, that of cnn_jax's `variant="keras"`). One optimizer for all: SGD,
 momentum 0.9, learning rate 0.01, softmax cross-entropy on logits.
 
+`--dtype=bfloat16` runs each framework's mixed precision, float32 params and optimizer with bf16 compute:
+cnn_jax's `--half_precision` model (bf16 convolutions on oneDNN's bf16 kernels where the CPU has them), PyTorch's
+`torch.autocast("cpu", torch.bfloat16)` around the forward pass and loss, Keras' "mixed_bfloat16" policy. The table
+gives each record against torch eager and against the fastest peer (torch, torch_compile, keras) at the same model,
+mode and dtype.
+
 How each framework runs (the path its users run):
   cnn_jax  the training engine's own jitted `train_step` (`cnn_jax.train.make_train_step`, state donated) and a
            jitted `model.apply(..., train=False)`; the persistent compilation cache is off, so compiles are cold.
            XLA_FLAGS and other JAX settings in the environment apply.
   torch    eager, NCHW, default threads; `zero_grad / cross_entropy / backward / step`, and `inference_mode`.
+  torch_compile  the same model and step with the model wrapped in `torch.compile` (inductor's C++/OpenMP CPU
+           kernels, the backward through AOTAutograd); `compile_s` is its first step, which compiles.
   keras    `model.train_on_batch` / `predict_on_batch` on tf tensors, Keras' own compiled step functions;
            `--keras_jit_compile` picks XLA (True; what Keras' "auto" picks on this backend) or a plain
            `tf.function` graph over TensorFlow's oneDNN kernels (False, the default: the faster of the two in a
@@ -31,7 +40,7 @@ so `peak_mem_mb` is that process's peak resident memory (`ru_maxrss`: the framew
 model, the optimizer state and one step's activations). `compile_s` is the time of the first step, tracing and compiling
 included. `--warmup_steps` more steps run untimed; then rounds of `--steps` steps are timed until at least
 `--min_seconds` have passed, and `images_per_sec` is timed images over timed seconds. `flops_fraction` is the
-model FLOP/s achieved divided by the machine's float32 matmul FLOP/s, measured once per run with numpy (its BLAS,
+model FLOP/s achieved divided by the machine's float32 matmul FLOP/s (for bfloat16 records too), measured once per run with numpy (its BLAS,
 faster than XLA's dot on the 2-core CPU; a 2048x2048 product, best of 10). Model FLOPs per image come from XLA's
 cost analysis of the cnn_jax forward pass at batch 1: 2 FLOPs per multiply-add, where XLA counts a convolution's
 multiply-adds with real inputs only, not with its zero padding (so resnet20 has 74.8 MFLOPs, not the 81 of
@@ -41,8 +50,9 @@ conv. A train step counts 3x the forward pass (forward, input gradients, weight 
 Run it on an otherwise idle machine: PyTorch's OpenMP threads wait for each other at every op, so when another
 process holds a core its throughput collapses (resnet20 training on the 2-core CPU under load: 30-75 images/s with
 2 threads, 170-180 with 1), and every other figure moves too. The default run (all four models, all three
-frameworks, both modes) takes about 25 minutes on the 2-core CPU (estimated from smoke runs under load), most of it
-cnn_jax's and torch's 224x224 training steps; `--steps=2 --warmup_steps=1 --min_seconds=0` makes a smoke run.
+frameworks before torch_compile was added, both modes, float32) took about 25 minutes on the 2-core CPU (estimated
+from smoke runs under load), most of it cnn_jax's and torch's 224x224 training steps; torch_compile adds its
+compiles, and each extra dtype repeats the lot. `--steps=2 --warmup_steps=1 --min_seconds=0` makes a smoke run.
 
 A framework that is not installed is skipped with a note. A record that fails or runs past `--timeout_s` is
 reported, the others are still written, and the command exits with status 1.
@@ -67,7 +77,7 @@ import numpy as np
 from absl import app, flags
 
 from bench_lib import RecordSpec
-from bench_lib.plan import FRAMEWORKS, MODES, NUM_CLASSES, is_imagenet, plan
+from bench_lib.plan import DTYPES, FRAMEWORKS, MODES, NUM_CLASSES, is_imagenet, plan
 from bench_lib.worker import RESULT_PREFIX
 from cnn_jax import models, ops
 
@@ -76,13 +86,15 @@ SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {("keras", "mobilenet_v2"): {"variant": "keras"}, ("keras", "resnet50"): {"variant": "keras"}}
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + input gradients + weight gradients
 MATMUL_SIZE, MATMUL_REPEATS = 2048, 10
-RECORD_KEYS = ("framework", "model", "mode", "batch_size", "images_per_sec", "compile_s", "peak_mem_mb",
+RECORD_KEYS = ("framework", "model", "mode", "dtype", "batch_size", "images_per_sec", "compile_s", "peak_mem_mb",
                "flops_fraction")
+MEASURED_KEYS = RECORD_KEYS[5:]
 VERSIONED = ("jax", "jaxlib", "flax", "numpy", "torch", "torchvision", "tensorflow", "tensorflow-cpu", "keras")
 
 _MODELS = flags.DEFINE_list("models", list(NUM_CLASSES), f"Models to run, from {', '.join(NUM_CLASSES)}.")
 _FRAMEWORKS = flags.DEFINE_list("frameworks", list(FRAMEWORKS), f"Frameworks to run, from {', '.join(FRAMEWORKS)}.")
 _MODES = flags.DEFINE_list("modes", list(MODES), "Modes to run: train, infer or both.")
+_DTYPE = flags.DEFINE_list("dtype", ["float32"], "Compute dtypes: float32, bfloat16 (mixed precision) or both.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size of simple_cnn and resnet20 (28x28, 32x32 inputs).")
 _BATCH_SIZE_224 = flags.DEFINE_integer("batch_size_224", 16, "Batch size of mobilenet_v2 and resnet50 (224x224).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round; rounds repeat until --min_seconds have passed.")
@@ -106,7 +118,8 @@ class Reference:
 
 def check_flags() -> None:
     """Raises a UsageError naming the bad flag and its valid values."""
-    for flag, valid in ((_MODELS, tuple(NUM_CLASSES)), (_FRAMEWORKS, FRAMEWORKS), (_MODES, MODES)):
+    for flag, valid in ((_MODELS, tuple(NUM_CLASSES)), (_FRAMEWORKS, FRAMEWORKS), (_MODES, MODES),
+                        (_DTYPE, DTYPES)):
         unknown = [value for value in flag.value if value not in valid]
         if unknown or not flag.value:
             problem = f"unknown {', '.join(unknown)}" if unknown else "empty"
@@ -167,8 +180,8 @@ def make_record(spec: RecordSpec, measured: dict, forward_flops: float, matmul_f
     """The JSON record: the child's measurements (to 4 significant digits) and the FLOPs fraction they reach."""
     model_flops = forward_flops * (TRAIN_FLOPS_PER_FORWARD if spec.mode == "train" else 1)
     values = {**measured, "flops_fraction": model_flops * measured["images_per_sec"] / matmul_flops}
-    return {"framework": spec.framework, "model": spec.model, "mode": spec.mode, "batch_size": spec.batch_size,
-            **{key: float(f"{values[key]:.4g}") for key in RECORD_KEYS[4:]}}
+    return {"framework": spec.framework, "model": spec.model, "mode": spec.mode, "dtype": spec.dtype,
+            "batch_size": spec.batch_size, **{key: float(f"{values[key]:.4g}") for key in MEASURED_KEYS}}
 
 
 def blas_name() -> str:
@@ -211,16 +224,23 @@ def format_table(records: list, meta: dict) -> str:
              f"steps: first (compile_s), {meta['flags']['warmup_steps']} warmup, then rounds of "
              f"{meta['flags']['steps']} timed for at least {meta['flags']['min_seconds']:g} s; "
              f"keras jit_compile={meta['flags']['keras_jit_compile']}"]
-    torch_speed = {(r["model"], r["mode"]): r["images_per_sec"] for r in records if r["framework"] == "torch"}
-    header = ("framework", "model", "mode", "batch", "images/s", "vs torch", "compile s", "peak MB", "FLOPs frac")
+    key = lambda r: (r["model"], r["mode"], r["dtype"])
+    torch_speed = {key(r): r["images_per_sec"] for r in records if r["framework"] == "torch"}
+    fastest_peer = {}
+    for r in records:
+        if r["framework"] != "cnn_jax":
+            fastest_peer[key(r)] = max(fastest_peer.get(key(r), 0.0), r["images_per_sec"])
+    ratio = lambda speed, base: f"{speed / base:.2f}x" if base else "-"
+    header = ("framework", "model", "mode", "dtype", "batch", "images/s", "vs torch", "vs fastest peer",
+              "compile s", "peak MB", "FLOPs frac")
     rows = [header]
     for r in records:
-        base = torch_speed.get((r["model"], r["mode"]))
-        rows.append((r["framework"], r["model"], r["mode"], str(r["batch_size"]), f"{r['images_per_sec']:.1f}",
-                     f"{r['images_per_sec'] / base:.2f}x" if base else "-", f"{r['compile_s']:.2f}",
+        rows.append((r["framework"], r["model"], r["mode"], r["dtype"], str(r["batch_size"]),
+                     f"{r['images_per_sec']:.1f}", ratio(r["images_per_sec"], torch_speed.get(key(r))),
+                     ratio(r["images_per_sec"], fastest_peer.get(key(r))), f"{r['compile_s']:.2f}",
                      f"{r['peak_mem_mb']:.0f}", f"{r['flops_fraction']:.4f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+    lines += ["  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
               for row in rows]
     lines += [f"note: {note}" for note in meta["notes"]]
     return "\n".join(lines)
@@ -230,14 +250,14 @@ def meta_path(out: str) -> str:
     return (out[:-len(".json")] if out.endswith(".json") else out) + ".meta.json"
 
 
-def record_spec(framework: str, model: str, mode: str) -> RecordSpec:
+def record_spec(framework: str, model: str, mode: str, dtype: str = "float32") -> RecordSpec:
     ref = reference_for(framework, model)
     return RecordSpec(framework=framework, model=model, mode=mode,
                       batch_size=_BATCH_SIZE_224.value if is_imagenet(model) else _BATCH_SIZE.value,
                       num_classes=NUM_CLASSES[model], input_shape=models.model_spec(model).input_shape,
                       expected_params=ref.params, mean=ref.mean, std=ref.std, steps=_STEPS.value,
                       warmup_steps=_WARMUP_STEPS.value, min_seconds=_MIN_SECONDS.value,
-                      keras_jit_compile=_KERAS_JIT_COMPILE.value)
+                      keras_jit_compile=_KERAS_JIT_COMPILE.value, dtype=dtype)
 
 
 def metadata(planned: list, matmul: float, notes: list) -> dict:
@@ -252,7 +272,7 @@ def metadata(planned: list, matmul: float, notes: list) -> dict:
         "flops_method": "XLA cost analysis of the cnn_jax forward pass at batch 1 (padding not counted); train = "
                         f"{TRAIN_FLOPS_PER_FORWARD} x forward",
         "forward_gflops_per_image": {f"{f} {m}": reference_for(f, m).forward_flops / 1e9
-                                     for f, m in dict.fromkeys((f, m) for f, m, _ in planned)},
+                                     for f, m in dict.fromkeys((f, m) for f, m, *_ in planned)},
         "flags": {flag.name: flag.value for flag in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])},
         "notes": notes,
     }
@@ -262,18 +282,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
     check_flags()
-    planned, notes = plan(_MODELS.value, _FRAMEWORKS.value, _MODES.value)
+    planned, notes = plan(_MODELS.value, _FRAMEWORKS.value, _MODES.value, dtypes=_DTYPE.value)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     matmul = matmul_flops_per_sec()
     records, failures = [], 0
-    for framework, model, mode in planned:
-        spec = record_spec(framework, model, mode)
-        print(f"{framework} {model} {mode} (batch {spec.batch_size}) ...", file=sys.stderr, flush=True)
+    for framework, model, mode, dtype in planned:
+        spec = record_spec(framework, model, mode, dtype)
+        print(f"{framework} {model} {mode} {dtype} (batch {spec.batch_size}) ...", file=sys.stderr, flush=True)
         measured, error = run_record(spec, _TIMEOUT_S.value)
         if measured is None:
             failures += 1
-            notes.append(f"failed {framework} {model} {mode}: {error}")
+            notes.append(f"failed {framework} {model} {mode} {dtype}: {error}")
             print(f"  failed: {error}", file=sys.stderr)
             continue
         records.append(make_record(spec, measured, reference_for(framework, model).forward_flops, matmul))

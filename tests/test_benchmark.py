@@ -1,7 +1,9 @@
 """Tests of ``scripts/benchmark.py``: a smoke run of the command as users type it (simple_cnn at batch 8, a couple of
-steps, every installed framework) checked for the issue's JSON schema and sane values; the mirrored resnet20s'
-parameter counts; the skipping of frameworks that are not installed; and clear errors for bad flags. The speeds
-themselves are not asserted: they depend on the machine and on what else runs on it.
+steps, every installed framework but torch_compile, whose compiles take a minute) checked for the issue's JSON
+schema, sane values and the table's ratios; the mirrored resnet20s' parameter counts; the plan over frameworks and
+dtypes, and the skipping of frameworks that are not installed; one bfloat16 step of cnn_jax and of PyTorch's
+autocast, and (slow) one of torch.compile; and clear errors for bad flags. The speeds themselves are not asserted:
+they depend on the machine and on what else runs on it.
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ sys.path.insert(0, SCRIPTS)
 
 from bench_lib import RecordSpec, plan  # noqa: E402
 
-KEYS = {"framework", "model", "mode", "batch_size", "images_per_sec", "compile_s", "peak_mem_mb", "flops_fraction"}
-SMOKE = ["--models=simple_cnn", "--batch_size=8", "--steps=2", "--warmup_steps=1", "--min_seconds=0",
-         "--timeout_s=150"]
+KEYS = {"framework", "model", "mode", "dtype", "batch_size", "images_per_sec", "compile_s", "peak_mem_mb",
+        "flops_fraction"}
+SMOKE_FRAMEWORKS = ("cnn_jax", "torch", "keras")
+SMOKE = ["--models=simple_cnn", f"--frameworks={','.join(SMOKE_FRAMEWORKS)}", "--batch_size=8", "--steps=2",
+         "--warmup_steps=1", "--min_seconds=0", "--timeout_s=150"]
 # simple_cnn's multiply-adds per 28x28 image: conv1 26*26*32*9, conv2 11*11*64*32*9, dense 1600*10 (VALID convs,
 # so XLA's count, which leaves out padding, has nothing to leave out).
 SIMPLE_CNN_MACS = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 32 * 9 + 1600 * 10
@@ -43,9 +47,9 @@ def smoke(tmp_path_factory):
 
 def test_records_follow_the_issue_schema(smoke):
     _, records, _ = smoke
-    installed, _ = plan.plan(["simple_cnn"], plan.FRAMEWORKS, plan.MODES)
-    assert [(r["framework"], r["model"], r["mode"]) for r in records] == installed
-    assert ("cnn_jax", "simple_cnn", "train") in installed
+    installed, _ = plan.plan(["simple_cnn"], SMOKE_FRAMEWORKS, plan.MODES)
+    assert [(r["framework"], r["model"], r["mode"], r["dtype"]) for r in records] == installed
+    assert ("cnn_jax", "simple_cnn", "train", "float32") in installed
     for record in records:
         assert set(record) == KEYS
         assert record["batch_size"] == 8 and isinstance(record["batch_size"], int)
@@ -73,9 +77,14 @@ def test_model_flops_match_the_analytic_count(smoke):
 def test_table_lists_every_record_under_a_header_with_the_machine(smoke):
     result, records, meta = smoke
     assert f"{meta['matmul_gflops']:.1f} GFLOP/s" in result.stdout
-    rows = [line.split() for line in result.stdout.splitlines()]
+    rows = {tuple(row[:5]): row for row in (line.split() for line in result.stdout.splitlines())}
     for record in records:
-        assert [record["framework"], "simple_cnn", record["mode"], "8"] in [row[:4] for row in rows]
+        row = rows[record["framework"], "simple_cnn", record["mode"], "float32", "8"]
+        peers = [r["images_per_sec"] for r in records if r["mode"] == record["mode"] and r["framework"] != "cnn_jax"]
+        torch_speed = next(r["images_per_sec"] for r in records if r["mode"] == record["mode"]
+                           and r["framework"] == "torch")
+        assert row[6:8] == [f"{record['images_per_sec'] / torch_speed:.2f}x",
+                            f"{record['images_per_sec'] / max(peers):.2f}x"], row
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +162,92 @@ def test_reference_resnet20_mirrors_cnn_jax(framework, resnet20_with_random_stat
 def test_a_missing_package_skips_its_records_with_a_note():
     records, notes = plan.plan(["simple_cnn", "resnet50"], plan.FRAMEWORKS, ["train"],
                                installed=lambda package: package != "torchvision")
-    assert ("torch", "simple_cnn", "train") in records and ("torch", "resnet50", "train") not in records
-    assert notes == ["skipped torch resnet50: torchvision not installed"]
+    assert ("torch", "simple_cnn", "train", "float32") in records
+    assert not [r for r in records if r[0].startswith("torch") and r[1] == "resnet50"]
+    assert notes == ["skipped torch resnet50: torchvision not installed",
+                     "skipped torch_compile resnet50: torchvision not installed"]
     records, notes = plan.plan(["simple_cnn"], plan.FRAMEWORKS, plan.MODES,
                                installed=lambda package: package != "tensorflow")
-    assert {framework for framework, _, _ in records} == {"cnn_jax", "torch"}
+    assert {framework for framework, *_ in records} == {"cnn_jax", "torch", "torch_compile"}
     assert notes == ["skipped keras simple_cnn: tensorflow not installed"]
 
 
+def test_plan_runs_every_dtype_of_each_framework_together():
+    records, _ = plan.plan(["simple_cnn", "resnet20"], ["cnn_jax", "torch_compile"], plan.MODES,
+                           installed=lambda package: True, dtypes=plan.DTYPES)
+    assert len(records) == len(set(records)) == 2 * 2 * 2 * 2
+    assert records[:4] == [("cnn_jax", "simple_cnn", mode, dtype) for dtype in plan.DTYPES for mode in plan.MODES]
+    assert [r[1] for r in records] == ["simple_cnn"] * 8 + ["resnet20"] * 8
+
+
+def bfloat16_spec(framework: str) -> RecordSpec:
+    return RecordSpec(framework=framework, model="simple_cnn", mode="train", batch_size=4, num_classes=10,
+                      input_shape=(28, 28, 1), expected_params=34_826, mean=(0.1307,), std=(0.3081,), steps=1,
+                      warmup_steps=0, min_seconds=0, keras_jit_compile=False, dtype="bfloat16")
+
+
+def test_cnn_jax_bfloat16_record_computes_in_bfloat16_with_float32_params():
+    import jax
+    import jax.numpy as jnp
+    from bench_lib import jax_runner, worker
+
+    spec = bfloat16_spec("cnn_jax")
+    model = jax_runner.make_model(spec)
+    x = jnp.zeros((1, *spec.input_shape))
+    variables = model.init(jax.random.key(0), x)
+    _, maps = model.apply(variables, x, mutable=["intermediates"])
+    assert maps["intermediates"]["features"][0].dtype == jnp.bfloat16  # the feature maps; logits come out float32
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert worker.measure(jax_runner.build(spec), spec)["images_per_sec"] > 0
+
+
+def test_torch_bfloat16_record_runs_convolutions_under_autocast_and_keeps_float32_params():
+    torch_runner = pytest.importorskip("bench_lib.torch_runner", reason="torch is not installed")
+    from bench_lib import worker
+
+    spec = bfloat16_spec("torch")
+    seen = []
+    original = torch_runner.make_model
+
+    def watched(spec):
+        model = original(spec)
+        model.conv1.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        watched.model = model
+        return model
+    torch_runner.make_model = watched
+    try:
+        measured = worker.measure(torch_runner.build(spec), spec)
+    finally:
+        torch_runner.make_model = original
+    assert measured["images_per_sec"] > 0
+    assert seen and set(seen) == {torch_runner.torch.bfloat16}
+    assert {p.dtype for p in watched.model.parameters()} == {torch_runner.torch.float32}
+
+
+@pytest.mark.slow
+def test_torch_compile_record_compiles_the_model_it_times():
+    """One torch.compile training step (about a minute of inductor compiling on the 2-core CPU) moves the
+    parameters where eager training's first step moves them."""
+    torch_runner = pytest.importorskip("bench_lib.torch_runner", reason="torch is not installed")
+    torch = torch_runner.torch
+    spec = RecordSpec(**{**bfloat16_spec("torch_compile").__dict__, "dtype": "float32"})
+    built, original = [], torch_runner.make_model
+    torch_runner.make_model = lambda spec: built.append(original(spec)) or built[-1]
+    try:
+        compiled = torch_runner.build(spec)
+        initial = [p.detach().clone() for p in built[0].parameters()]
+        compiled.step()
+        torch_runner.build(RecordSpec(**{**spec.__dict__, "framework": "torch"})).step()
+    finally:
+        torch_runner.make_model = original
+    after_compiled, after_eager = list(built[0].parameters()), list(built[1].parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(after_compiled, initial))
+    for p, q in zip(after_compiled, after_eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("flag, named", [("--models=resnet21", "resnet21"), ("--frameworks=mxnet", "mxnet"),
-                                         ("--batch_size=0", "batch_size")])
+                                         ("--batch_size=0", "batch_size"), ("--dtype=float16", "float16")])
 def test_bad_flags_are_named_with_the_fix(flag, named):
     result = run_benchmark(flag, "--out=/dev/null")
     assert result.returncode != 0
@@ -177,5 +262,5 @@ def test_a_failed_record_is_reported_and_the_command_fails(tmp_path):
     assert result.returncode == 1
     assert json.loads(out.read_text()) == []
     notes = json.loads(out.with_name("benchmark.meta.json").read_text())["notes"]
-    assert notes == ["failed keras simple_cnn infer: ran past --timeout_s=1"]
-    assert "note: failed keras simple_cnn infer" in result.stdout
+    assert notes == ["failed keras simple_cnn infer float32: ran past --timeout_s=1"]
+    assert "note: failed keras simple_cnn infer float32" in result.stdout

@@ -1,7 +1,7 @@
 """The parts of `scripts/benchmark.py`: `plan` says which records to run, and one child process per record
-runs `worker`, which times it; `jax_runner`, `torch_runner` and `keras_runner` build that framework's model,
-optimizer and step. What the runners share lives here: the optimizer settings, the record's spec, the
-random batch, and the parameter-count check that keeps the three frameworks on the same architecture.
+runs `worker`, which times it; `jax_runner`, `torch_runner` (eager and `torch.compile`) and `keras_runner` build
+that framework's model, optimizer and step. What the runners share lives here: the optimizer settings, the record's
+spec, the random batch, and the parameter-count check that keeps the frameworks on the same architecture.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class RecordSpec:
     warmup_steps: int
     min_seconds: float
     keras_jit_compile: bool
+    dtype: str = "float32"  # compute dtype; "bfloat16" keeps float32 params (mixed precision)
 
     @classmethod
     def from_dict(cls, values: dict) -> "RecordSpec":

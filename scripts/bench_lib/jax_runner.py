@@ -1,5 +1,6 @@
 """cnn_jax's steps, as users run them: the training engine's jitted `train_step` (donated state,
-SGD from `make_optimizer`) and a jitted `model.apply(..., train=False)` for inference.
+SGD from `make_optimizer`) and a jitted `model.apply(..., train=False)` for inference. `spec.dtype == "bfloat16"`
+builds the model as `--half_precision` does: bf16 compute, float32 params, optimizer state and loss.
 
 The persistent compilation cache is switched off, so `compile_s` is always a cold compile.
 """
@@ -13,9 +14,14 @@ from cnn_jax import models
 from cnn_jax.train import TrainConfig, create_train_state, make_optimizer, make_train_step
 
 
+def make_model(spec: RecordSpec):
+    """cnn_jax's `spec.model`, computing in `spec.dtype` with float32 params."""
+    return models.get_model(spec.model, spec.num_classes, dtype=jnp.dtype(spec.dtype))
+
+
 def build(spec: RecordSpec) -> Runner:
     jax.config.update("jax_enable_compilation_cache", False)
-    model = models.get_model(spec.model, spec.num_classes)
+    model = make_model(spec)
     config = TrainConfig(epochs=1, learning_rate=LEARNING_RATE, optimizer="sgd", momentum=MOMENTUM,
                          schedule="constant", progress_bar=False, tensorboard=False)
     state = create_train_state(model, make_optimizer(config, steps_per_epoch=1), spec.input_shape, SEED)

@@ -5,7 +5,8 @@ and `model.predict_on_batch` after `model.compile(jit_compile=...)`.
 running TensorFlow's oneDNN kernels) comes from `spec.keras_jit_compile`; see `scripts/benchmark.py` for which
 is the default and why. simple_cnn and resnet20 are written out here to mirror cnn_jax's layer for layer
 (trainable-parameter counts checked); mobilenet_v2 and resnet50 are `keras.applications` (weights=None), which
-cnn_jax's `variant="keras"` models follow.
+cnn_jax's `variant="keras"` models follow. `spec.dtype == "bfloat16"` sets Keras' "mixed_bfloat16" policy (bf16
+compute, float32 variables) before the model is built.
 """
 from __future__ import annotations
 
@@ -91,6 +92,8 @@ def make_model(spec: RecordSpec) -> keras.Model:
 
 def build(spec: RecordSpec) -> Runner:
     keras.utils.set_random_seed(SEED)
+    if spec.dtype == "bfloat16":  # bf16 compute, float32 variables: Keras' mixed precision
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = make_model(spec)
     model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

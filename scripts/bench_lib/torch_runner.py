@@ -1,10 +1,15 @@
-"""PyTorch eager on the CPU: the reference every cnn_jax speed goal is stated against.
+"""PyTorch on the CPU, eager (framework "torch") and `torch.compile` ("torch_compile"): the references every
+cnn_jax speed goal is stated against.
 
 simple_cnn and resnet20 are written out here to mirror `cnn_jax/models/small_cnns.py` and
 `resnet_cifar.py` layer for layer (their trainable-parameter counts are checked against cnn_jax's);
 mobilenet_v2 and resnet50 are torchvision's, which cnn_jax's default variants follow. Tensors are
 in PyTorch's default NCHW layout, the path users run; training is `zero_grad / cross_entropy /
-backward / SGD.step`, inference `model.eval()` under `torch.inference_mode()`.
+backward / SGD.step`, inference `model.eval()` under `torch.inference_mode()`. "torch_compile" wraps the model in
+`torch.compile` (inductor, its default backend, generating C++/OpenMP kernels on the CPU; AOTAutograd compiles the
+backward), what a PyTorch user picks for speed; its first step compiles. `spec.dtype == "bfloat16"` runs the
+forward pass and loss under `torch.autocast("cpu", torch.bfloat16)`: PyTorch's mixed precision, with float32
+params and optimizer; convolutions and matmuls compute in bf16 (oneDNN's bf16 kernels).
 """
 from __future__ import annotations
 
@@ -125,6 +130,8 @@ def build(spec: RecordSpec) -> Runner:
     images, labels = random_batch(spec)
     images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     labels = torch.from_numpy(labels).long()
+    forward = torch.compile(model) if spec.framework == "torch_compile" else model
+    precision = lambda: torch.autocast("cpu", torch.bfloat16, enabled=spec.dtype == "bfloat16")
 
     if spec.mode == "train":
         model.train()
@@ -132,13 +139,15 @@ def build(spec: RecordSpec) -> Runner:
 
         def step():
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(images), labels).backward()
+            with precision():
+                loss = F.cross_entropy(forward(images), labels)
+            loss.backward()
             optimizer.step()
     else:
         model.eval()
 
         def step():
-            with torch.inference_mode():
-                model(images)
+            with torch.inference_mode(), precision():
+                forward(images)
 
     return Runner(step, lambda: None)

@@ -21,7 +21,7 @@ from bench_lib import RecordSpec, Runner
 
 RESULT_PREFIX = "BENCHMARK_RECORD "
 RUNNERS = {"cnn_jax": "bench_lib.jax_runner", "torch": "bench_lib.torch_runner",
-           "keras": "bench_lib.keras_runner"}
+           "torch_compile": "bench_lib.torch_runner", "keras": "bench_lib.keras_runner"}
 
 
 def measure(runner: Runner, spec: RecordSpec) -> dict:
