@@ -11,7 +11,7 @@ import pytest
 from flax import serialization
 
 from cnn_jax.train import (
-    Checkpointer, TrainConfig, create_train_state, eval_step, make_optimizer, make_schedule,
+    CheckpointMismatchError, Checkpointer, TrainConfig, create_train_state, eval_step, make_optimizer, make_schedule,
     make_train_step)
 from cnn_jax.train.lookahead import lookahead
 from cnn_jax.train.mixing import cutmix, mix_batch, mix_targets, mixup
@@ -175,8 +175,9 @@ def test_mixing_is_deterministic_given_the_key_and_switches_with_its_probability
     first, second = both(key, images, 0.4, 1.0, 0.5), both(key, images, 0.4, 1.0, 0.5)
     jax.tree.map(np.testing.assert_array_equal, first, second)
     assert not np.array_equal(both(other, images, 0.4, 1.0, 0.5)[0], first[0])
-    jax.tree.map(np.testing.assert_array_equal, both(key, images, 0.4, 1.0, 1.0), both(key, images, 0.0, 1.0, 0.5))
-    jax.tree.map(np.testing.assert_array_equal, both(key, images, 0.4, 1.0, 0.0), both(key, images, 0.4, 0.0, 0.5))
+    for switch_prob, alone in ((1.0, (0.0, 1.0)), (0.0, (0.4, 0.0))):  # always CutMix, never
+        jax.tree.map(np.testing.assert_array_equal, both(key, images, 0.4, 1.0, switch_prob),
+                     both(key, images, *alone, 0.5))
 
 
 def test_the_train_step_takes_the_loss_on_the_mixed_soft_targets():
@@ -282,6 +283,18 @@ def test_every_setting_resumes_exactly_from_a_checkpoint(tmp_path):
     assert want.keys() == got.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_checkpoint_with_the_ema_and_a_state_without_it_are_told_apart(tmp_path):
+    with_ema = create_train_state(TinyBN(), optax.sgd(0.1), (6, 6, 1), 0, ema_decay=0.9)
+    for saved, target, where in ((with_ema, with_ema.with_ema(0), "checkpoint"),
+                                 (with_ema.with_ema(0), with_ema, "model")):
+        directory = str(tmp_path / where)
+        checkpoints = Checkpointer(directory, max_to_keep=1)
+        checkpoints.save(saved)
+        checkpoints.close()
+        with pytest.raises(CheckpointMismatchError, match=rf"ema/params/BatchNorm_0/bias: only in the {where}"):
+            Checkpointer(directory, max_to_keep=1).restore(target)
 
 
 @pytest.mark.parametrize("field, value", [

@@ -93,10 +93,12 @@ def _to_state_dict(state: TrainState) -> dict:
 def _from_state_dict(target: TrainState, saved: dict) -> TrainState:
     names = _saved_fields(target)
     if set(saved) != set(names):
+        other = "off" if target.ema is not None else "on"
         raise ValueError(f"the saved train state has the fields {sorted(saved)}, the target "
-                         f"{sorted(names)}: was it saved with the EMA {'off' if target.ema is not None else 'on'}?")
-    return target.replace(**{name: serialization.from_state_dict(getattr(target, name), saved[name], name=name)
-                             for name in names})
+                         f"{sorted(names)}: was it saved with the EMA {other}?")
+    return target.replace(**{
+        name: serialization.from_state_dict(getattr(target, name), saved[name], name=name)
+        for name in names})
 
 
 # Replaces flax.struct's serialization of TrainState, which would always store an "ema" entry.
