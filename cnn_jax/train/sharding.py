@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+log = logging.getLogger(__name__)
+
 DATA_AXIS = "data"
 
 
@@ -105,7 +107,7 @@ def maybe_initialize_distributed(coordinator_address: Optional[str], num_process
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     if coordinator_address == "auto":
         jax.distributed.initialize(**timeouts)
-        logging.info("process %d of %d joined the run", jax.process_index(), jax.process_count())
+        log.info("process %d of %d joined the run", jax.process_index(), jax.process_count())
         return
     if num_processes < 1:
         raise ValueError(f"num_processes={num_processes} must be at least 1.")
@@ -115,8 +117,11 @@ def maybe_initialize_distributed(coordinator_address: Optional[str], num_process
     if process_id != 0:  # process 0 starts the coordinator itself
         _wait_for_coordinator(coordinator_address, initialization_timeout_s)
     jax.distributed.initialize(coordinator_address, num_processes, process_id, **timeouts)
-    logging.info("process %d of %d joined the run at %s", jax.process_index(),
-                 jax.process_count(), coordinator_address)
+    log.info("process %d of %d joined the run at %s", jax.process_index(), jax.process_count(),
+             coordinator_address)
+
+
+_PEER_LOST = ("Gloo", "Connection closed by peer", "Connection reset by peer")  # a collective's partner died
 
 
 def exit_with_error(message: str) -> NoReturn:
@@ -128,6 +133,9 @@ def exit_with_error(message: str) -> NoReturn:
     """
     if not jax.distributed.is_initialized():
         sys.exit(message)
+    if any(sign in message for sign in _PEER_LOST):
+        message += (f" (process {jax.process_index()}: another process of this run stopped; run the same "
+                    "commands again on every process to resume from the latest checkpoint)")
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.write(message + "\n")
