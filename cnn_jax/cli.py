@@ -60,16 +60,19 @@ def define_flags(recipe, *, required: Iterable[str] = (), flag_values=flags.FLAG
     """Defines a flag for every leaf setting of `recipe` (shared names once), defaults from `recipe`."""
     required = set(required)
     defaults = settings.flatten(recipe)
+    helps: dict[str, list[str]] = {}
+    for leaf in settings.leaves(type(recipe)):
+        if not leaf.help:
+            raise TypeError(f"setting {leaf.name!r} of {leaf.owner.__name__} has no line in the class "
+                            f"docstring's Attributes: section, which is its flag's help")
+        helps.setdefault(leaf.name, []).append(leaf.help)
     seen = set()
     for leaf in settings.leaves(type(recipe)):
         if leaf.name in seen:
             continue
         seen.add(leaf.name)
-        if not leaf.help:
-            raise TypeError(f"setting {leaf.name!r} of {leaf.owner.__name__} has no line in the class "
-                            f"docstring's Attributes: section, which is its flag's help")
         _define(leaf.name, _unwrap_optional(leaf.annotation), settings.get(recipe, leaf.path),
-                leaf.help, flag_values)
+                "; ".join(helps[leaf.name]), flag_values)
         if leaf.name in required:
             flags.mark_flag_as_required(leaf.name, flag_values=flag_values)
     missing = required - set(defaults)

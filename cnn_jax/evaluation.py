@@ -32,3 +32,22 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
     totals = confusion.sum(axis=1).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, np.diag(confusion) / totals, np.nan)
+
+
+def grid_examples(eval_batches, labels: np.ndarray, predictions: np.ndarray, count: int):
+    """Images, labels and predictions of the first mistakes (up to half of `count`), then the first
+    correct predictions: a grid of test predictions that shows what goes wrong.
+
+    `eval_batches` yields the split's batches in the order of `labels` (with a "mask" of real
+    examples); images are read only as far as the last one chosen.
+    """
+    wrong = np.flatnonzero(predictions != labels)[:count // 2]
+    right = np.flatnonzero(predictions == labels)[:count - len(wrong)]
+    chosen = np.concatenate([wrong, right])
+    images, seen = [], 0
+    for batch in eval_batches:
+        images.append(batch["image"][batch["mask"] > 0])
+        seen += len(images[-1])
+        if seen > chosen.max():
+            break
+    return np.concatenate(images)[chosen], labels[chosen], predictions[chosen]

@@ -88,30 +88,38 @@ def absent_defaults(config_type: type) -> dict[str, Any]:
 
 
 def replace(config, **values):
-    """`config` with the named leaf settings set (every section that has the name); unknown names raise."""
+    """`config` with the named leaf settings set (in every section that has the name); unknown names raise.
+
+    Each dataclass is rebuilt once with all of its changes, so that settings validated together
+    (a schedule and its warmup) are checked only in their final combination.
+    """
     known = {}
     for leaf in leaves(type(config)):
         known.setdefault(leaf.name, []).append(leaf.path)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown settings {unknown}; known: {', '.join(sorted(known))}")
+    changes: dict = {}
     for name, value in values.items():
         for path in known[name]:
-            config = _replace_at(config, path, value)
-    return config
+            node = changes
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+    return _rebuild(config, changes)
+
+
+def _rebuild(config, changes: dict):
+    fields = {name: _rebuild(getattr(config, name), change) if isinstance(change, dict)
+              and dataclasses.is_dataclass(getattr(config, name)) else change
+              for name, change in changes.items()}
+    return dataclasses.replace(config, **fields) if fields else config
 
 
 def get(config, path: tuple[str, ...]):
     for name in path:
         config = getattr(config, name)
     return config
-
-
-def _replace_at(config, path: tuple[str, ...], value):
-    if len(path) == 1:
-        return dataclasses.replace(config, **{path[0]: value})
-    inner = _replace_at(getattr(config, path[0]), path[1:], value)
-    return dataclasses.replace(config, **{path[0]: inner})
 
 
 def _json_ready(value):
@@ -126,8 +134,15 @@ _ATTRIBUTE = re.compile(r"^(\s+)(\w+): (.*)$")
 
 
 def attribute_docs(cls: type) -> dict[str, str]:
-    """The "Attributes:" section of `cls`'s docstring (Google style), by attribute name, one line each."""
-    docs, lines = {}, (cls.__doc__ or "").splitlines()
+    """The "Attributes:" sections of `cls`'s docstring and its bases' (Google style), by attribute name."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        docs.update(_own_attribute_docs(klass))
+    return docs
+
+
+def _own_attribute_docs(cls: type) -> dict[str, str]:
+    docs, lines = {}, (cls.__dict__.get("__doc__") or "").splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
     if start is None:
         return docs

@@ -1,233 +1,315 @@
-"""What every image-classification experiment shares: flags, setup and the run itself.
+"""What every image-classification experiment shares: its config, its flags, the run and the report.
 
-An experiment is a `Recipe` (its dataset and recommended defaults) plus two lines:
-`common.define_flags(RECIPE)` and `app.run(common.main)`. Every default can be overridden
-by its flag; the flags in force are stored in the workdir's `flags.json` and `results.json`.
-Every run ends by writing `<workdir>/export/` (`cnn_jax.export`), what inference needs.
+An experiment is a recipe, a function returning an `Experiment` whose docstring gives its command
+and measured result, plus two lines: `common.define_flags(recipe())` and
+`app.run(functools.partial(common.main, recipe=recipe()))`. Each setting is declared once, as a
+field of `Experiment`, `cnn_jax.data.DataConfig` or `cnn_jax.train.TrainConfig`; its flag (same
+flat name, the recipe's value as default) is generated from it (`cnn_jax.cli`). The workdir
+records the settings at the first start and refuses a rerun that changes a result-changing one
+(`cnn_jax.train.workdir`). Every run ends by writing `results.json`, then `<workdir>/export/`
+(`cnn_jax.export`), then the figures: a figure that fails is logged and skipped.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import sys
+import threading
 import time
+from typing import Any, Callable, Mapping, Optional
 
 START_TIME = time.time()  # Before the heavy imports, so wall_time_s covers them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data: quiet its logs.
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
+from cnn_jax import cli, settings  # noqa: E402
+from cnn_jax.data import DataConfig  # noqa: E402
+from cnn_jax.settings import NOT_A_FLAG, bookkeeping  # noqa: E402
+from cnn_jax.train.config import TrainConfig  # noqa: E402
+
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax", "jax")
+GRID_IMAGES = 24  # Test images in the prediction grid, up to half of them mistakes.
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal with a checkpoint saved; rerun to resume.
+log = logging.getLogger("cnn_jax.experiments")
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
-    """An experiment's dataset and the defaults of its flags (its recommended recipe)."""
-    dataset: str
-    model: str
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    optimizer: str
-    schedule: str
-    warmup_epochs: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
+class Run:
+    """Where and how the command runs: nothing here changes what it computes.
+
+    Attributes:
+      workdir: run directory: checkpoints, metrics, figures, results, export. Rerunning with the
+        same workdir resumes.
+      compilation_cache_dir: persistent XLA compilation cache; empty to disable.
+      coordinator_address: host:port of process 0, for multi-process runs (jax.distributed);
+        'auto' on TPU pod slices and SLURM/MPI clusters, which JAX detects.
+      num_processes: processes in a multi-process run.
+      process_id: this process's index in a multi-process run.
+      heartbeat_timeout_s: a multi-process run stops when a process has not been heard from for
+        this many seconds.
+      initialization_timeout_s: seconds to wait for every process of a multi-process run to join.
+      extend_epochs: accept a larger --epochs than the workdir's run was started with, to train a
+        finished run on (its schedule is then recomputed over the new total).
+    """
+    workdir: Optional[str] = bookkeeping(None)
+    compilation_cache_dir: str = bookkeeping(DEFAULT_CACHE_DIR)
+    coordinator_address: Optional[str] = bookkeeping(None)
+    num_processes: int = bookkeeping(1)
+    process_id: int = bookkeeping(0)
+    heartbeat_timeout_s: int = bookkeeping(100)
+    initialization_timeout_s: int = bookkeeping(300)
+    extend_epochs: bool = bookkeeping(False)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Training:
+    """A network trained on a dataset: what every experiment's config holds.
+
+    Attributes:
+      data: the dataset, its splits and batches.
+      train: the optimizer, schedule, regularization and bookkeeping of the engine.
+      run: where and how the command runs.
+      half_precision: compute in bfloat16 (params, optimizer state and the loss stay float32).
+      augment: augmentations in order, from crop, flip, cutout; empty for none.
+      crop_padding: pixels a random crop may shift an image by (zero padding on each side).
+      model_kwargs: extra keyword arguments of the model's constructor (a study's arms).
+    """
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    run: Run = Run()
+    half_precision: bool = False
     augment: tuple[str, ...] = ()
     crop_padding: int = 4
-    test_time_flip: bool = False
-    test_time_shift: int = 0
-    validation_fraction: float = 0.0
-    eval_batch_size: int = 1000
-    eval_every_epochs: int = 1
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={NOT_A_FLAG: True})
 
 
-def define_flags(recipe: Recipe) -> None:
-    """Defines the experiment flags with `recipe`'s values as defaults."""
-    flags.DEFINE_string("model", recipe.model, "Model name from the zoo (cnn_jax.models).")
-    flags.DEFINE_integer("image_size", None, "Resize images to this square size (aspect kept, "
-                         "centre cropped); default: the dataset's own size.")
-    define_engine_flags(recipe)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Experiment(Training):
+    """A zoo model trained from scratch.
+
+    Attributes:
+      model: model name from the zoo (cnn_jax.models.list_models()).
+    """
+    model: str
 
 
-def define_engine_flags(recipe: Recipe) -> None:
-    """The flags of data, training and bookkeeping, which every experiment shares."""
-    from cnn_jax.train import OPTIMIZERS, SCHEDULES
-
-    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, figures, "
-                        "results, export. Rerunning with the same workdir resumes.", required=True)
-    flags.DEFINE_integer("epochs", recipe.epochs, "Passes over the training split.")
-    flags.DEFINE_integer("batch_size", recipe.batch_size, "Global training batch size.")
-    flags.DEFINE_integer("eval_batch_size", recipe.eval_batch_size, "Evaluation batch size.")
-    flags.DEFINE_integer("eval_every_epochs", recipe.eval_every_epochs,
-                         "Evaluate after every this many epochs (and after the last).")
-    flags.DEFINE_float("learning_rate", recipe.learning_rate, "Peak learning rate.")
-    flags.DEFINE_enum("optimizer", recipe.optimizer, OPTIMIZERS, "Optimizer.")
-    flags.DEFINE_float("momentum", recipe.momentum, "Momentum of sgd/nesterov.")
-    flags.DEFINE_enum("schedule", recipe.schedule, SCHEDULES, "Learning-rate schedule.")
-    flags.DEFINE_float("warmup_epochs", recipe.warmup_epochs,
-                       "Rising part of warmup_cosine and onecycle, in epochs.")
-    flags.DEFINE_float("weight_decay", recipe.weight_decay,
-                       "Weight decay on kernels (decoupled for adamw).")
-    flags.DEFINE_float("label_smoothing", recipe.label_smoothing, "Label smoothing.")
-    flags.DEFINE_list("augment", list(recipe.augment),
-                      "Augmentations in order, from crop,flip,cutout; empty for none.")
-    flags.DEFINE_integer("crop_padding", recipe.crop_padding,
-                         "Pixels a random crop may shift an image by (zero padding on each side).")
-    flags.DEFINE_bool("test_time_flip", recipe.test_time_flip,
-                      "Evaluate on the mean logits of each image and its mirror image.")
-    flags.DEFINE_integer("test_time_shift", recipe.test_time_shift,
-                         "Also evaluate on each image translated this many pixels up-left and "
-                         "down-right (half the weight); 0 for none.")
-    flags.DEFINE_integer("seed", 0, "Seed of init, data order, dropout and augmentation.")
-    flags.DEFINE_string("data_dir", None,
-                        "TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
-    flags.DEFINE_bool("half_precision", False, "Compute in bfloat16 (params stay float32).")
-    flags.DEFINE_integer("num_train_examples", None, "Train on a seeded subset of this size.")
-    flags.DEFINE_float("validation_fraction", recipe.validation_fraction,
-                       "Hold out this fraction of the training split for validation "
-                       "(and keep the best checkpoint by it).")
-    flags.DEFINE_integer("log_every_steps", 100, "Steps between metric logs.")
-    flags.DEFINE_integer("checkpoint_every_steps", 0,
-                         "Steps between checkpoints besides epoch ends; 0 for epoch ends only.")
-    flags.DEFINE_integer("keep_checkpoints", 2, "Latest checkpoints kept for resuming.")
-    flags.DEFINE_string("compilation_cache_dir", DEFAULT_CACHE_DIR,
-                        "Persistent XLA compilation cache; empty to disable.")
-    flags.DEFINE_string("coordinator_address", None,
-                        "host:port of process 0, for multi-host runs (jax.distributed); 'auto' on TPU pod "
-                        "slices and SLURM/MPI clusters, which JAX detects.")
-    flags.DEFINE_integer("num_processes", 1, "Processes in a multi-host run.")
-    flags.DEFINE_integer("process_id", 0, "This process's index in a multi-host run.")
-    flags.DEFINE_string("dataset", recipe.dataset, "TFDS dataset name, or the path of a folder "
-                        "with one subfolder of images per class.")
-    flags.DEFINE_bool("class_weights", False, "Weight each example's loss by the inverse "
-                      "frequency of its class in the train split (for imbalanced data).")
+def define_flags(recipe: Training) -> None:
+    """Defines a flag for every setting of `recipe`, with its value as the default; --workdir is required."""
+    cli.define_flags(recipe, required=("workdir",))
 
 
-def main(argv, run_experiment=None, report=None) -> None:
-    """Runs the experiment the flags describe (with `run_experiment(flags)`, default `run`) and prints
-    `report(results)` (default: test accuracy, time and speed); known failures print one message, exit 1."""
+def main(argv, recipe: Training, run_experiment: Optional[Callable] = None,
+         report: Optional[Callable[[dict, Training], str]] = None, flag_values=None) -> None:
+    """Runs `run_experiment(config)` (default `run`) on the recipe as the flags (default: absl's global
+    ones) change it and prints `report(results, config)`; a known failure prints one `error:` line and
+    exits 1, a signal that stopped the run at a checkpoint exits PREEMPTED_EXIT_CODE."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Quiets orbax's per-save INFO lines.
+    logging.getLogger("absl").addFilter(_without_orbax_tracebacks)
+    threading.excepthook = _log_thread_failure
     logging.getLogger("cnn_jax").setLevel(logging.INFO)
     from cnn_jax.data import DatasetUnavailableError
+    from cnn_jax.train import CheckpointError, Preempted
+    from cnn_jax.train.workdir import WorkdirBusy
 
     try:
-        results = (run_experiment or run)(flags.FLAGS)
-    except (ValueError, FloatingPointError, DatasetUnavailableError) as error:
+        config = cli.parse(recipe) if flag_values is None else cli.parse(recipe, flag_values)
+        results = (run_experiment or run)(config)
+    except Preempted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except (ValueError, FloatingPointError, DatasetUnavailableError, WorkdirBusy, CheckpointError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:
+        sys.exit(f"error: {describe_os_error(error)}")
     except KeyboardInterrupt:
         sys.exit("interrupted: run the same command again to resume from the latest checkpoint")
-    print((report or _report)(results))
+    print((report or _report)(results, config))
 
 
-def _report(results: dict) -> str:
+def _without_orbax_tracebacks(record: logging.LogRecord) -> bool:
+    """Keeps orbax's background-thread errors to their one log line: the engine re-raises each as an error
+    that says what to do, so their tracebacks would only bury it."""
+    if "orbax" in record.pathname:
+        record.exc_info = record.exc_text = None
+    return True
+
+
+def _log_thread_failure(args) -> None:
+    """A background thread's failure as one log line: the main thread reports what it means."""
+    log.warning("background thread %s failed: %s: %s", getattr(args.thread, "name", "?"),
+                args.exc_type.__name__, args.exc_value)
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a failed file operation: what, where, and what to do."""
+    import errno
+
+    where = f" ({error.filename})" if error.filename else ""
+    advice = {errno.ENOSPC: "free disk space or use a --workdir on another disk, then rerun to resume",
+              errno.EFBIG: "the file size limit was reached: raise it (ulimit -f) or free space, then rerun",
+              errno.EACCES: "fix the permissions or choose another path",
+              errno.EROFS: "the filesystem is read-only: choose a writable --workdir",
+              errno.ENOTDIR: "choose a directory path"}.get(error.errno, "check the path and rerun")
+    return f"{error.strerror or error}{where}: {advice}"
+
+
+def _report(results: dict, config: Training) -> str:
+    import jax
+
+    if jax.process_index() != 0:
+        return f"process {jax.process_index()} done; process 0 wrote the results"
     return (f"test accuracy {results['test_accuracy']:.4f} in {results['wall_time_s']:.1f} s "
             f"({results['train_images_per_sec']:,.0f} train images/s); "
-            f"results in {os.path.join(flags.FLAGS.workdir, 'results.json')}")
+            f"results in {os.path.join(config.run.workdir, 'results.json')}")
 
 
-def run(values: flags.FlagValues, fine_tuning_for=None, flags_record=None) -> dict:
-    """Builds data, model and config from the flag values and trains; returns the results.
+def run(config: Experiment, fine_tuning_for: Optional[Callable] = None,
+        extra: Optional[Mapping[str, Any]] = None) -> dict:
+    """Checks the config, claims the workdir, reads the data and trains; returns the results.
 
     Everything that can be checked without the data (config, augmentations, model name, batch
-    sizes against the devices) is checked before the data is read. `fine_tuning_for(dataset)`,
-    if given, returns the engine's FineTuning for the data read (a start that depends on it);
-    `flags_record` is `train`'s.
+    sizes against the devices, the workdir's recorded settings) is checked before the data is
+    read. `fine_tuning_for(dataset)`, if given, returns the engine's FineTuning for the data read
+    (a start that depends on it); `extra` settings join the record and the run's identity.
     """
     from cnn_jax import data, models
 
-    setup(values)
-    config = train_config(values)
-    augment = data.make_augment(values.augment, crop_padding=values.crop_padding)
-    models.model_spec(values.model)
-    check_batch_sizes(values)
-    size = values.image_size
-    dataset = data.load(data_config(values, None if size is None else (size, size)))
-    return train(values, dataset, config, augment, values.model, {}, flags_record=flags_record,
-                 fine_tuning=fine_tuning_for(dataset) if fine_tuning_for else None)
+    setup(config.run)
+    data.make_augment(config.augment, crop_padding=config.crop_padding)
+    models.model_spec(config.model)
+    check_batch_sizes(config.data)
+    with claim(config, config.run.workdir, extra) as record:
+        dataset = data.load(config.data)
+        return train(config, dataset, config.model, dict(config.model_kwargs), record,
+                     fine_tuning=fine_tuning_for(dataset) if fine_tuning_for else None)
 
 
-def setup(values: flags.FlagValues) -> None:
-    """The persistent compilation cache, and joining a multi-host run; before any device use."""
+def setup(run_config: Run) -> None:
+    """The persistent compilation cache, and joining a multi-process run; before any device use."""
     import jax
 
     from cnn_jax import train as engine
 
-    if values.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", values.compilation_cache_dir)
+    if run_config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", run_config.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    engine.maybe_initialize_distributed(values.coordinator_address, values.num_processes,
-                                        values.process_id)
+    engine.maybe_initialize_distributed(
+        run_config.coordinator_address, run_config.num_processes, run_config.process_id,
+        heartbeat_timeout_s=run_config.heartbeat_timeout_s,
+        initialization_timeout_s=run_config.initialization_timeout_s)
 
 
-def train_config(values: flags.FlagValues):
-    """The engine's TrainConfig from the flags (validated as it is built)."""
-    from cnn_jax import train as engine
-
-    return engine.TrainConfig(
-        epochs=values.epochs, learning_rate=values.learning_rate, optimizer=values.optimizer,
-        momentum=values.momentum, schedule=values.schedule, warmup_epochs=values.warmup_epochs,
-        weight_decay=values.weight_decay, label_smoothing=values.label_smoothing,
-        seed=values.seed, log_every_steps=values.log_every_steps,
-        checkpoint_every_steps=values.checkpoint_every_steps,
-        keep_checkpoints=values.keep_checkpoints, test_time_flip=values.test_time_flip,
-        test_time_shift=values.test_time_shift, eval_every_epochs=values.eval_every_epochs)
-
-
-def check_batch_sizes(values: flags.FlagValues) -> None:
+def check_batch_sizes(data_config: DataConfig) -> None:
     from cnn_jax import train as engine
 
     mesh = engine.make_mesh()
-    engine.check_batch_size(values.batch_size, mesh, "--batch_size")
-    engine.check_batch_size(values.eval_batch_size, mesh, "--eval_batch_size")
+    engine.check_batch_size(data_config.batch_size, mesh, "--batch_size")
+    engine.check_batch_size(data_config.resolved_eval_batch_size, mesh, "--eval_batch_size")
 
 
-def data_config(values: flags.FlagValues, image_size=None):
-    from cnn_jax import data
+def _settings(config: Training, workdir: str, extra: Optional[Mapping[str, Any]]):
+    """(record, identity, absent) of `config` with `extra` settings, for the workdir's check."""
+    extra = dict(extra or {})
+    if config.model_kwargs:
+        extra["model_kwargs"] = dict(config.model_kwargs)
+    identity = settings.identity(config, extra)
+    record = {**settings.flatten(config), **identity, "workdir": workdir}
+    absent = {**settings.absent_defaults(type(config)), "model_kwargs": {}}
+    return record, identity, absent
 
-    return data.DataConfig(
-        values.dataset, data_dir=values.data_dir, batch_size=values.batch_size,
-        eval_batch_size=values.eval_batch_size, image_size=image_size,
-        validation_fraction=values.validation_fraction,
-        num_train_examples=values.num_train_examples, seed=values.seed)
+
+def check_workdir(config: Training, workdir: str, extra: Optional[Mapping[str, Any]] = None) -> None:
+    """Raises SettingsChanged if `workdir` holds a run started with other result-changing settings."""
+    from cnn_jax.train import workdir as workdir_lib
+
+    record, identity, absent = _settings(config, workdir, extra)
+    workdir_lib.check_settings(workdir, record, identity, absent, extend_epochs=config.run.extend_epochs)
 
 
-def train(values: flags.FlagValues, dataset, config, augment, model_name: str,
-          model_kwargs: dict, *, workdir=None, flags_record=None, fine_tuning=None,
-          start_time: float = START_TIME) -> dict:
-    """Trains zoo model `model_name` (built with `model_kwargs`, in bfloat16 with
-    --half_precision) on `dataset` in `workdir` (default --workdir) and exports it there.
+def claim(config: Training, workdir: str, extra: Optional[Mapping[str, Any]] = None):
+    """The workdir's lock and settings check for `config` (plus `extra` settings, such as a study's
+    arm), as a context manager that yields the record `train` keeps in flags.json."""
+    import jax
 
-    `flags_record` (default: `experiment_flags(values)`) goes to flags.json and results.json;
-    `fine_tuning` is the engine's (a pretrained start, frozen parts); `start_time` (default: this
-    process's start) is when the run's wall_time_s begins.
+    from cnn_jax.train import workdir as workdir_lib
+
+    record, identity, absent = _settings(config, workdir, extra)
+    return workdir_lib.claim(workdir, record, identity, absent, extend_epochs=config.run.extend_epochs,
+                             chief=jax.process_index() == 0)
+
+
+def train(config: Training, dataset, model_name: str, model_kwargs: dict, record: dict, *,
+          workdir: Optional[str] = None, fine_tuning=None, start_time: float = START_TIME) -> dict:
+    """Trains zoo model `model_name` (built with `model_kwargs`, in bfloat16 under half_precision) on
+    `dataset` in `workdir` (default: the config's), then reports; returns the results.
+
+    `record` (the claimed settings) goes into results.json; `fine_tuning` is the engine's (a
+    pretrained start, frozen parts); `start_time` (default: this process's start) is when wall_time_s begins.
     """
     import jax
 
-    from cnn_jax import export, models
+    from cnn_jax import data, models
     from cnn_jax import train as engine
 
-    workdir = workdir or values.workdir
+    from cnn_jax.train import workdir as workdir_lib
+
+    workdir = workdir or config.run.workdir
+    if jax.process_index() == 0:
+        workdir_lib.write_settings(workdir, record)
+    dtype = jax.numpy.bfloat16 if config.half_precision else jax.numpy.float32
+    model = models.get_model(model_name, dataset.info.num_classes, **model_kwargs, dtype=dtype)
+    augment = data.make_augment(config.augment, crop_padding=config.crop_padding)
+    outcome = engine.train_and_evaluate(model, dataset, config.train, workdir,
+                                        augment=augment, start_time=start_time, fine_tuning=fine_tuning)
+    results = {**outcome.results, "flags": record}
+    if jax.process_index() == 0:
+        write_report(workdir, outcome, results, dataset, model_name, model_kwargs)
+    return results
+
+
+def write_report(workdir: str, outcome, results: dict, dataset, model_name: str, model_kwargs: dict) -> None:
+    """results.json, then the export, then the figures: what matters most is on disk first."""
+    from cnn_jax import export
+    from cnn_jax.files import write_json
+
+    import jax
+
     info = dataset.info
-    dtype = jax.numpy.bfloat16 if values.half_precision else jax.numpy.float32
-    model = models.get_model(model_name, info.num_classes, **model_kwargs, dtype=dtype)
-    class_weights = (engine.balanced_class_weights(dataset.train_class_counts())
-                     if values.class_weights else None)
-    save = functools.partial(export.save_export, workdir, model_name, model_kwargs,
-                             class_names=info.class_names, image_shape=info.image_shape)
-    return engine.train_and_evaluate(
-        model, dataset, config, workdir, augment=augment,
-        flags=experiment_flags(values) if flags_record is None else flags_record,
-        start_time=start_time, fine_tuning=fine_tuning,
-        class_weights=class_weights, export=save)
+    write_json(os.path.join(workdir, "results.json"), results)
+    export.save_export(workdir, model_name, model_kwargs, jax.device_get(outcome.state.eval_variables),
+                       class_names=info.class_names, image_shape=info.image_shape)
+    write_figures(os.path.join(workdir, "figures"), outcome, dataset)
 
 
-def experiment_flags(values: flags.FlagValues) -> dict:
-    """The values of the experiment flags (those `define_flags` defines), by name."""
-    return {flag.name: flag.value for flag in values.get_flags_for_module(__name__)}
+def write_figures(directory: str, outcome, dataset) -> None:
+    """Training curves, confusion matrix, per-class accuracy and a grid of test predictions; a figure
+    that cannot be drawn is logged and skipped, since the run's results are already saved."""
+    from cnn_jax import evaluation, plots
+
+    names, test = dataset.info.class_names, outcome.test
+    confusion = evaluation.confusion_matrix(test["labels"], test["predictions"], dataset.info.num_classes)
+
+    def grid(path):
+        images, labels, predictions = evaluation.grid_examples(
+            dataset.eval_batches("test"), test["labels"], test["predictions"], GRID_IMAGES)
+        plots.plot_prediction_grid(images, labels, predictions, names, path, max_images=GRID_IMAGES)
+
+    figures = {
+        "training_curves.png": lambda path: plots.plot_training_curves(outcome.history, path),
+        "confusion_matrix.png": lambda path: plots.plot_confusion_matrix(confusion, names, path),
+        "per_class_accuracy.png": lambda path: plots.plot_per_class_accuracy(
+            evaluation.per_class_accuracy(confusion), names, path),
+        "predictions.png": grid,
+    }
+    for name, draw in figures.items():
+        if name == "training_curves.png" and not outcome.history:
+            continue
+        try:
+            draw(os.path.join(directory, name))
+        except Exception as error:  # noqa: BLE001 - a figure must never cost the run its results.
+            log.warning("figure %s skipped: %s: %s", name, type(error).__name__, error)

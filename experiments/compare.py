@@ -22,8 +22,9 @@ figures, export): rerunning the command resumes an interrupted arm and only read
 one. Engine flags (those of experiments/mnist.py, listed by `--helpfull`) given on the command
 line apply to every arm, e.g. `--epochs=1 --num_train_examples=1000` for a quick look; those left
 out take each arm's recipe (its warmup scaled to the study's epochs), whatever default
-`--helpfull` lists. An arm whose directory holds a run with other settings is an error, never
-silently mixed in; `--arms` runs and tabulates a subset.
+`--helpfull` lists. An arm whose directory holds a run with other result-changing settings is an
+error, never silently mixed in (a setting its record predates counts as its old default);
+`--arms` runs and tabulates a subset.
 
 The study writes `<workdir>/comparison.json`, `comparison.md` (arm, setting, parameters, test
 accuracy, train images/s, wall time) and `comparison.png` (accuracy against size and speed). An
@@ -38,36 +39,27 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Optional
 
-from absl import app, flags
+from absl import app
 
+from cnn_jax import cli, settings
+from cnn_jax.settings import bookkeeping
 from experiments import cifar10, common, mnist
-
-if TYPE_CHECKING:  # The library is imported when a study runs, so that --help stays quick.
-    from cnn_jax.data import DataConfig
-    from cnn_jax.train import TrainConfig
 
 log = logging.getLogger("cnn_jax.compare")
 
 # Per-channel mean and standard deviation of CIFAR-10's 50,000 training images, in [0, 1].
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-# The engine flags a recipe sets (the model is the arm's own, not a flag).
-RECIPE_FLAGS = tuple(f.name for f in dataclasses.fields(common.Recipe) if f.name != "model")
-# What decides an arm's result: a rerun must match the run already in the arm's directory on these.
-RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(common.Recipe)
-                     if f.name not in ("eval_batch_size", "eval_every_epochs")) + (
-    "model_kwargs", "num_train_examples", "seed", "half_precision")
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One training run of a study: `recipe.model` built with `model_kwargs`, trained by `recipe`."""
+    """One training run of a study: `recipe` (its model and model_kwargs included), and its row."""
     name: str  # its subdirectory and its row in the table
     setting: str  # what sets it apart, for the table
-    recipe: common.Recipe
-    model_kwargs: Mapping = dataclasses.field(default_factory=dict)
+    recipe: common.Experiment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,27 +71,46 @@ class Study:
     arms: tuple[Arm, ...]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Comparison(common.Experiment):
+    """A study: its arms' recipes, with the engine flags given on the command line applied to each.
+
+    Attributes:
+      study: the comparison to run (cifar10_head_to_head, cifar10_zoo, mnist_sweep).
+      arms: run and tabulate only these arms of the study (default: all), e.g. to train one arm
+        at a time.
+    """
+    study: Optional[str] = bookkeeping(None)
+    arms: Optional[tuple[str, ...]] = bookkeeping(None)
+
+
 _CIFAR10_STATS = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}
-_MLP_CIFAR10 = common.Recipe(dataset="cifar10", model="mlp", epochs=30, batch_size=128,
-                             learning_rate=1e-3, optimizer="adam", schedule="onecycle",
-                             warmup_epochs=5, label_smoothing=0.1, augment=("flip",))
+_MLP_CIFAR10 = common.Experiment(
+    model="mlp", data=common.DataConfig("cifar10", batch_size=128, eval_batch_size=1000),
+    train=common.TrainConfig(epochs=30, learning_rate=1e-3, optimizer="adam", schedule="onecycle",
+                             warmup_epochs=5, label_smoothing=0.1),
+    augment=("flip",))
 # Without BatchNorm alexnet_mini learns slower at the recipe's peak of 0.1: 24.9% against 35.9% at 0.02 after
 # `python -m experiments.cifar10 --model=alexnet_mini --learning_rate=... --num_train_examples=10000 --epochs=2
 # --warmup_epochs=0.4` (lenet5, also without it, did better at 0.1: 40.0% against 37.4%).
-_ALEXNET_CIFAR10 = dataclasses.replace(cifar10.RECIPE, learning_rate=0.02)
-_SWEEP = mnist.RECIPE
+_ALEXNET_CIFAR10 = settings.replace(cifar10.recipe(), learning_rate=0.02)
+_SWEEP = mnist.recipe()
 
 
-def _zoo_arm(model: str, setting: str, recipe: common.Recipe = cifar10.RECIPE) -> Arm:
-    return Arm(model, setting, dataclasses.replace(recipe, model=model), _CIFAR10_STATS)
+def _arm(name: str, setting: str, recipe: common.Experiment, model: Optional[str] = None,
+         **model_kwargs) -> Arm:
+    return Arm(name, setting, dataclasses.replace(recipe, model=model or recipe.model, model_kwargs=model_kwargs))
+
+
+def _zoo_arm(model: str, setting: str, recipe: common.Experiment = cifar10.recipe()) -> Arm:
+    return _arm(model, setting, recipe, model, **_CIFAR10_STATS)
 
 
 STUDIES = {study.name: study for study in (
     Study("cifar10_head_to_head", "CIFAR-10: MLP vs CNN vs ResNet", 10, (
-        Arm("mlp", "2x512 ReLU, dropout 0.2", _MLP_CIFAR10, _CIFAR10_STATS),
-        Arm("cnn3", "3 blocks of 2 conv-BN-ReLU, 32/64/128", cifar10.RECIPE, _CIFAR10_STATS),
-        Arm("resnet20", "3 stages of 3 basic blocks, 16/32/64",
-            dataclasses.replace(cifar10.RECIPE, model="resnet20"), _CIFAR10_STATS),
+        _arm("mlp", "2x512 ReLU, dropout 0.2", _MLP_CIFAR10, **_CIFAR10_STATS),
+        _arm("cnn3", "3 blocks of 2 conv-BN-ReLU, 32/64/128", cifar10.recipe(), **_CIFAR10_STATS),
+        _arm("resnet20", "3 stages of 3 basic blocks, 16/32/64", cifar10.recipe(), "resnet20", **_CIFAR10_STATS),
     )),
     Study("cifar10_zoo", "CIFAR-10: every zoo model, 5 epochs of the cifar10 recipe", 5, (
         _zoo_arm("mlp", "2x512 ReLU, dropout 0.2 (Adam)", _MLP_CIFAR10),
@@ -122,56 +133,67 @@ STUDIES = {study.name: study for study in (
         _zoo_arm("efficientnet_lite1", "ImageNet EfficientNet-Lite1, from scratch"),
         _zoo_arm("efficientnet_lite2", "ImageNet EfficientNet-Lite2, from scratch"),
     )),
-    Study("mnist_sweep", "MNIST: simple_cnn, one design choice at a time", _SWEEP.epochs, (
-        Arm("default", "32-64 filters, 3x3, max pool, ReLU", _SWEEP),
-        Arm("filters_16_32", "16-32 filters", _SWEEP, {"features": (16, 32)}),
-        Arm("filters_64_128", "64-128 filters", _SWEEP, {"features": (64, 128)}),
-        Arm("kernel_5", "5x5 kernels", _SWEEP, {"kernel_size": 5}),
-        Arm("avg_pool", "average pooling", _SWEEP, {"pooling": "avg"}),
-        Arm("tanh", "tanh", _SWEEP, {"activation": "tanh"}),
-        Arm("gelu", "GELU", _SWEEP, {"activation": "gelu"}),
+    Study("mnist_sweep", "MNIST: simple_cnn, one design choice at a time", _SWEEP.train.epochs, (
+        _arm("default", "32-64 filters, 3x3, max pool, ReLU", _SWEEP),
+        _arm("filters_16_32", "16-32 filters", _SWEEP, features=(16, 32)),
+        _arm("filters_64_128", "64-128 filters", _SWEEP, features=(64, 128)),
+        _arm("kernel_5", "5x5 kernels", _SWEEP, kernel_size=5),
+        _arm("avg_pool", "average pooling", _SWEEP, pooling="avg"),
+        _arm("tanh", "tanh", _SWEEP, activation="tanh"),
+        _arm("gelu", "GELU", _SWEEP, activation="gelu"),
     )),
 )}
 
 
-def define_flags() -> None:
-    common.define_engine_flags(_SWEEP)
-    flags.DEFINE_enum("study", None, list(STUDIES), "The comparison to run.", required=True)
-    flags.DEFINE_list("arms", None, "Run and tabulate only these arms of the study (default: all), "
-                      "e.g. to train one arm at a time.")
+def recipe() -> Comparison:
+    """The engine flags' defaults shown by --help are experiments/mnist.py's; each arm uses its own recipe."""
+    return Comparison(**{f.name: getattr(_SWEEP, f.name) for f in dataclasses.fields(_SWEEP)})
 
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """An arm made concrete by the flags: where it runs and everything it needs, checked."""
+    """An arm made concrete by the flags: where it runs and its config, checked."""
     arm: Arm
     workdir: str
-    record: dict  # its flags.json / results.json "flags"
-    config: TrainConfig
-    augment: Any  # cnn_jax.data.make_augment's function, or None
-    data_config: DataConfig
+    config: common.Experiment
+    extra: dict  # the study and the arm, in its record
 
 
-def run(values: flags.FlagValues) -> dict:
+def run(config: Comparison, given: Optional[Mapping[str, Any]] = None) -> dict:
     """Plans and checks every arm, trains those not finished, and writes the comparison; returns it.
 
-    Every check that needs no data (configs, augmentations, batch sizes, the settings of runs
-    already in the workdir) is made for all arms before the first one trains.
+    `given` are the settings set on the command line (default: read from the flags). Every check
+    that needs no data (configs, augmentations, batch sizes, the settings of runs already in the
+    workdir) is made for all arms before the first one trains.
     """
-    study = STUDIES[values.study]
-    arms = select_arms(study, values.arms)
-    common.setup(values)
-    plans = [_plan(values, study, arm) for arm in arms]
+    from cnn_jax import data
+
+    if config.study not in STUDIES:
+        raise ValueError(f"--study={config.study!r} is not a study: choose one of {', '.join(STUDIES)}")
+    study = STUDIES[config.study]
+    arms = select_arms(study, config.arms)
+    given = cli.given(common.Experiment) if given is None else dict(given)
+    common.setup(config.run)
+    plans = []
+    for arm in arms:
+        arm_config = arm_recipe(study, arm, given)
+        workdir = os.path.join(config.run.workdir, arm.name)
+        arm_config = settings.replace(arm_config, workdir=workdir)
+        data.make_augment(arm_config.augment, crop_padding=arm_config.crop_padding)
+        common.check_batch_sizes(arm_config.data)
+        plan = _Plan(arm, workdir, arm_config, {"study": study.name, "arm": arm.name})
+        common.check_workdir(plan.config, workdir, plan.extra)
+        plans.append(plan)
     for number, plan in enumerate(plans, start=1):
         if _finished(plan.workdir):
             log.info("arm %d/%d: %s is done, reading %s", number, len(plans), plan.arm.name, plan.workdir)
             continue
         log.info("arm %d/%d: %s (%s) in %s", number, len(plans), plan.arm.name, plan.arm.setting, plan.workdir)
-        dataset = _load(plan.data_config)
-        common.train(values, dataset, plan.config, plan.augment, plan.arm.recipe.model,
-                     dict(plan.arm.model_kwargs), workdir=plan.workdir, flags_record=plan.record,
-                     start_time=time.time())  # The arm's wall time starts here: data loading is shared.
-    return write_comparison(values.workdir, study, [_row(plan) for plan in plans])
+        with common.claim(plan.config, plan.workdir, plan.extra) as record:
+            dataset = _load(plan.config.data)
+            common.train(plan.config, dataset, plan.config.model, dict(plan.config.model_kwargs), record,
+                         start_time=time.time())  # The arm's wall time starts here: data loading is shared.
+    return write_comparison(config.run.workdir, study, [_row(plan) for plan in plans])
 
 
 def select_arms(study: Study, names) -> tuple[Arm, ...]:
@@ -186,51 +208,14 @@ def select_arms(study: Study, names) -> tuple[Arm, ...]:
     return tuple(arm for arm in study.arms if names is None or arm.name in names)
 
 
-def arm_flags(study: Study, arm: Arm, given: Mapping[str, Any]) -> dict:
-    """The values of the recipe flags (RECIPE_FLAGS) that `arm` trains with.
-
-    `given` (the flags set on the command line) wins; the rest is the arm's recipe at the study's
-    epochs, its warmup scaled alike so that it stays the same fraction of the run.
-    """
-    values = {name: getattr(arm.recipe, name) for name in RECIPE_FLAGS}
-    values.update(epochs=study.epochs, augment=list(arm.recipe.augment))
-    values.update(given)
-    if "warmup_epochs" not in given:
-        values["warmup_epochs"] = arm.recipe.warmup_epochs * values["epochs"] / arm.recipe.epochs
-    return values
-
-
-def _plan(values: flags.FlagValues, study: Study, arm: Arm) -> _Plan:
-    """Sets the recipe flags to `arm`'s values, then checks and records them."""
-    from cnn_jax import data
-
-    given = {name: values[name].value for name in RECIPE_FLAGS if values[name].present}
-    for name, value in arm_flags(study, arm, given).items():
-        setattr(values, name, value)
-    workdir = os.path.join(values.workdir, arm.name)
-    record = {**common.experiment_flags(values), "workdir": workdir, "model": arm.recipe.model,
-              "model_kwargs": dict(arm.model_kwargs), "study": study.name, "arm": arm.name}
-    _check_same_settings(workdir, record)
-    config = common.train_config(values)
-    augment = data.make_augment(values.augment, crop_padding=values.crop_padding)
-    common.check_batch_sizes(values)
-    return _Plan(arm, workdir, record, config, augment, common.data_config(values))
-
-
-def _check_same_settings(workdir: str, record: dict) -> None:
-    """Raises ValueError if `workdir` holds a run whose RUN_SETTINGS differ from `record`'s."""
-    path = os.path.join(workdir, "flags.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        before = json.load(f)
-    now = json.loads(json.dumps(record))  # tuples as lists, as flags.json holds them
-    changed = [f"{key}={before.get(key)!r} then, {now[key]!r} now" for key in RUN_SETTINGS
-               if before.get(key) != now[key]]
-    if changed:
-        raise ValueError(f"{workdir} holds a run of arm {record['arm']!r} with other settings "
-                         f"({'; '.join(changed)}): rerun with the flags it was started with, use "
-                         f"another --workdir, or delete {workdir} to train the arm again")
+def arm_recipe(study: Study, arm: Arm, given: Mapping[str, Any]) -> common.Experiment:
+    """The config `arm` trains with: its recipe at the study's epochs, its warmup scaled alike so that it
+    stays the same fraction of the run, then the settings `given` on the command line."""
+    recipe_train = arm.recipe.train
+    values = {"epochs": study.epochs,
+              "warmup_epochs": recipe_train.warmup_epochs * given.get("epochs", study.epochs) / recipe_train.epochs}
+    values.update({name: value for name, value in given.items() if name not in ("study", "arms", "workdir")})
+    return settings.replace(arm.recipe, **values)
 
 
 def _finished(workdir: str) -> bool:
@@ -249,7 +234,7 @@ def _load(data_config):
     return data.load(data_config)
 
 
-def _row(plan: _Plan) -> dict:
+def _row(plan: "_Plan") -> dict:
     """The arm's line of the comparison, from its results.json and its exported parameters."""
     from cnn_jax import export, ops
 
@@ -257,8 +242,8 @@ def _row(plan: _Plan) -> dict:
         results = json.load(f)
     _, variables, _ = export.load_export(plan.workdir)
     return {
-        "arm": plan.arm.name, "model": plan.arm.recipe.model, "setting": plan.arm.setting,
-        "model_kwargs": dict(plan.arm.model_kwargs), "params": ops.count_params(variables["params"]),
+        "arm": plan.arm.name, "model": plan.config.model, "setting": plan.arm.setting,
+        "model_kwargs": dict(plan.config.model_kwargs), "params": ops.count_params(variables["params"]),
         "test_accuracy": results["test_accuracy"], "train_images_per_sec": results["train_images_per_sec"],
         "wall_time_s": results["wall_time_s"], "epochs": results["flags"]["epochs"],
         "workdir": plan.workdir,
@@ -293,11 +278,11 @@ def markdown_table(title: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report(comparison: dict) -> str:
+def _report(comparison: dict, config: Comparison) -> str:
     return (markdown_table(comparison["title"], comparison["arms"])
-            + f"comparison in {os.path.join(flags.FLAGS.workdir, 'comparison.md')} (.json, .png)")
+            + f"comparison in {os.path.join(config.run.workdir, 'comparison.md')} (.json, .png)")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(functools.partial(common.main, run_experiment=run, report=_report))
+    common.define_flags(recipe())
+    app.run(functools.partial(common.main, recipe=recipe(), run_experiment=run, report=_report))

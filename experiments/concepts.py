@@ -12,26 +12,39 @@ is trained, and it runs in seconds on a CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from cnn_jax import cli
 from cnn_jax.layers import Conv
 from cnn_jax.ops import (
     LayerGeometry, avg_pool, conv2d, conv_output_size, count_params, max_pool, receptive_field, same_padding)
 from cnn_jax.plots.training import _save
 
-flags.DEFINE_string("workdir", None, "Directory for figures/ and concepts.json.", required=True)
-flags.DEFINE_integer("image_size", 48, "Side of the synthetic images (pixels).")
-FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Concepts:
+    """Where the figures go, and the size of their images.
+
+    Attributes:
+      workdir: directory for figures/ and concepts.json.
+      image_size: side of the synthetic images (pixels).
+    """
+    workdir: Optional[str] = None
+    image_size: int = 48
+
 
 SIZES = (8, 16, 32, 64, 128, 224)  # image sides for the parameter-count figure
 CHANNELS, FEATURES = 3, 16  # an RGB image mapped to 16 feature maps
@@ -277,11 +290,13 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        write_figures(FLAGS.workdir, FLAGS.image_size)
+        config = cli.parse(Concepts())
+        write_figures(config.workdir, config.image_size)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
-    print(f"figures in {os.path.join(FLAGS.workdir, 'figures')}")
+    print(f"figures in {os.path.join(config.workdir, 'figures')}")
 
 
 if __name__ == "__main__":
+    cli.define_flags(Concepts(), required=("workdir",))
     app.run(main)

@@ -7,26 +7,49 @@ the prediction; the first convolution's filters; the feature maps of every sown 
 activation-maximization image per class. `--images=a.jpg,b.png` explains those files instead; their true
 class being unknown, the gallery's "true" column repeats the prediction.
 """
+import dataclasses
 import json
 import os
 import sys
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data: quiet its logs.
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
+
+from cnn_jax import cli  # noqa: E402
 
 GALLERY_DIR = "gallery"
 
-flags.DEFINE_string("workdir", None, "Run directory holding export/ and flags.json.", required=True)
-flags.DEFINE_integer("num_images", 8, "Test images to explain.")
-flags.DEFINE_list("images", [], "Image files to explain instead of test images.")
-flags.DEFINE_string("layer", "features", "Grad-CAM layer: a sown name (features, stage3) or a module path.")
-flags.DEFINE_string("data_dir", None, "TFDS data dir; default: the run's.")
-flags.DEFINE_integer("smoothgrad_samples", 16, "Noisy copies averaged by SmoothGrad.")
-flags.DEFINE_integer("ig_steps", 32, "Steps along the Integrated Gradients path.")
-flags.DEFINE_integer("visualization_steps", 128, "Optimization steps of each activation-maximization image.")
-flags.DEFINE_integer("seed", 0, "Seed of SmoothGrad's noise and the visualizations' jitter.")
-FLAGS = flags.FLAGS
+
+@dataclasses.dataclass(frozen=True)
+class Visualize:
+    """What to explain, and how.
+
+    Attributes:
+      workdir: run directory holding export/ and flags.json.
+      num_images: test images to explain.
+      images: image files to explain instead of test images.
+      layer: Grad-CAM layer: a sown name (features, stage3) or a module path.
+      data_dir: TFDS data dir; default: the run's.
+      smoothgrad_samples: noisy copies averaged by SmoothGrad.
+      ig_steps: steps along the Integrated Gradients path.
+      visualization_steps: optimization steps of each activation-maximization image.
+      seed: seed of SmoothGrad's noise and the visualizations' jitter.
+    """
+    workdir: Optional[str] = None
+    num_images: int = 8
+    images: tuple[str, ...] = ()
+    layer: str = "features"
+    data_dir: Optional[str] = None
+    smoothgrad_samples: int = 16
+    ig_steps: int = 32
+    visualization_steps: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_images < 1:
+            raise ValueError(f"--num_images={self.num_images} must be at least 1")
 
 
 def test_images(workdir: str, meta, num_images: int, data_dir=None):
@@ -40,9 +63,10 @@ def test_images(workdir: str, meta, num_images: int, data_dir=None):
         name = run_flags["dataset"]
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"cannot tell the run's dataset from {path} ({error}); pass --images=FILES") from None
-    size = run_flags.get("image_size")
+    size = run_flags.get("image_size")  # [height, width]; a single int in records from before 2026-12-03
+    size = (size, size) if isinstance(size, int) else size
     dataset = data.load(data.DataConfig(name, data_dir=data_dir or run_flags.get("data_dir"), batch_size=1,
-                                        eval_batch_size=num_images, image_size=None if size is None else (size, size)))
+                                        eval_batch_size=num_images, image_size=size))
     if dataset.info.class_names != meta.class_names:
         raise ValueError(f"the dataset {name} now has classes {list(dataset.info.class_names)}, the exported model "
                          f"{list(meta.class_names)}; pass --images=FILES")
@@ -65,8 +89,6 @@ def image_files(paths, model, variables, meta):
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if FLAGS.num_images < 1:
-        raise app.UsageError("--num_images must be at least 1.")
     import jax
 
     from cnn_jax import export
@@ -74,20 +96,22 @@ def main(argv) -> None:
     from cnn_jax.interpret.gallery import write_gallery
 
     try:
-        model, variables, meta = export.load_export(FLAGS.workdir)
-        if FLAGS.images:
-            images, labels = image_files(FLAGS.images, model, variables, meta)
+        config = cli.parse(Visualize())
+        model, variables, meta = export.load_export(config.workdir)
+        if config.images:
+            images, labels = image_files(config.images, model, variables, meta)
         else:
-            images, labels = test_images(FLAGS.workdir, meta, FLAGS.num_images, FLAGS.data_dir)
+            images, labels = test_images(config.workdir, meta, config.num_images, config.data_dir)
         index = write_gallery(model, variables, images, labels, meta.class_names,
-                              os.path.join(FLAGS.workdir, GALLERY_DIR), rng=jax.random.key(FLAGS.seed),
-                              layer=FLAGS.layer, smoothgrad_samples=FLAGS.smoothgrad_samples,
-                              ig_steps=FLAGS.ig_steps, visualization_steps=FLAGS.visualization_steps,
-                              title=f"What {meta.model_name} looks at ({FLAGS.workdir})")
+                              os.path.join(config.workdir, GALLERY_DIR), rng=jax.random.key(config.seed),
+                              layer=config.layer, smoothgrad_samples=config.smoothgrad_samples,
+                              ig_steps=config.ig_steps, visualization_steps=config.visualization_steps,
+                              title=f"What {meta.model_name} looks at ({config.workdir})")
     except (ValueError, DatasetUnavailableError) as error:  # each says what to fix
         sys.exit(f"error: {error}")
     print(f"gallery of {len(labels)} images: {index}")
 
 
 if __name__ == "__main__":
+    cli.define_flags(Visualize(), required=("workdir",))
     app.run(main)

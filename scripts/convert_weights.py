@@ -6,16 +6,29 @@
 Without --source the file is looked for where its publisher installs it (the pip package, torch.hub's or Keras'
 cache); a missing file gets a message naming what to download. Prints where the conversion is cached.
 """
+import dataclasses
 import sys
+from typing import Optional
 
-from absl import app, flags
+from absl import app
 from absl import logging as absl_logging
 
-_MODEL = flags.DEFINE_string("model", None, "Pretrained weights to convert (see cnn_jax.pretrained.list_pretrained).")
-_SOURCE = flags.DEFINE_string("source", None, "The weights file (.pth, .safetensors, or .h5/.keras for *_keras); "
-                              "default: the published file where its publisher installs it.")
-_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Cache directory (default ~/.cache/cnn_jax).")
-flags.mark_flag_as_required("model")
+from cnn_jax import cli
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """Which weights to convert, from where, into which cache.
+
+    Attributes:
+      model: pretrained weights to convert (see cnn_jax.pretrained.list_pretrained).
+      source: the weights file (.pth, .safetensors, or .h5/.keras for *_keras); default: the
+        published file where its publisher installs it.
+      cache_dir: cache directory (default ~/.cache/cnn_jax).
+    """
+    model: Optional[str] = None
+    source: Optional[str] = None
+    cache_dir: Optional[str] = None
 
 
 def main(argv) -> None:
@@ -24,13 +37,15 @@ def main(argv) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # quiets orbax's per-save INFO lines
     from cnn_jax import ops, pretrained
 
+    config = cli.parse(Conversion())
     try:
-        _, variables = pretrained.load_pretrained(_MODEL.value, _SOURCE.value, _CACHE_DIR.value)
+        _, variables = pretrained.load_pretrained(config.model, config.source, config.cache_dir)
     except pretrained.PretrainedError as error:
         sys.exit(f"error: {error}")
-    print(f"{_MODEL.value}: {ops.count_params(variables['params']):,} parameters, cached in "
-          f"{pretrained.cache_path(_MODEL.value, _CACHE_DIR.value)}")
+    print(f"{config.model}: {ops.count_params(variables['params']):,} parameters, cached in "
+          f"{pretrained.cache_path(config.model, config.cache_dir)}")
 
 
 if __name__ == "__main__":
+    cli.define_flags(Conversion(), required=("model",))
     app.run(main)

@@ -4,22 +4,35 @@
 
 Counts come from ``jax.eval_shape`` (nothing is computed), so the whole table takes seconds.
 """
+import dataclasses
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app
 
-from cnn_jax import models, ops
+from cnn_jax import cli, models, ops
 
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes in each model's head.")
-_MODELS = flags.DEFINE_list("models", None, "Models to list (default: all).")
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What to list.
+
+    Attributes:
+      num_classes: classes in each model's head.
+      models: models to list (default: all).
+    """
+    num_classes: int = 10
+    models: Optional[tuple[str, ...]] = None
 
 
 def main(argv):
     del argv
+    config = cli.parse(Listing())
     print(f"{'model':<20}{'input':<16}{'params':>14}  description")
-    for name in _MODELS.value or models.list_models():
+    for name in config.models or models.list_models():
         spec = models.model_spec(name)
-        model = models.get_model(name, _NUM_CLASSES.value)
+        model = models.get_model(name, config.num_classes)
         images = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
         variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)
         shape = "x".join(map(str, spec.input_shape))
@@ -27,4 +40,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.define_flags(Listing())
     app.run(main)

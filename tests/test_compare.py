@@ -21,10 +21,9 @@ from test_models import PARAMS as SMALL_PARAMS
 from test_models import random_variables
 from test_models_imagenet import PUBLISHED_COUNTS
 
-from cnn_jax import ops
+from cnn_jax import ops, settings
 from cnn_jax.models import get_model, list_models
 from cnn_jax.plots.comparison import plot_comparison
-from cnn_jax.train import TrainConfig
 from experiments import cifar10, compare, mnist
 
 # Each arm's parameters with 10 classes, worked out by hand: convs k*k*in*out + out, the dense head
@@ -70,18 +69,16 @@ def test_every_study_arm_is_listed_here():
 
 @pytest.mark.parametrize("study,arm", ARMS, ids=lambda a: getattr(a, "name", a))
 def test_each_arm_builds_its_model_with_the_expected_parameters(study, arm):
-    model = get_model(arm.recipe.model, 10, **arm.model_kwargs)
+    model = get_model(arm.recipe.model, 10, **arm.recipe.model_kwargs)
     assert count(model, INPUT_SHAPES[study]) == PARAMS[study, arm.name]
 
 
 @pytest.mark.parametrize("study,arm", ARMS, ids=lambda a: getattr(a, "name", a))
 @pytest.mark.parametrize("given", [{}, {"epochs": 1}])
 def test_each_arms_recipe_is_a_valid_config_at_the_study_and_the_smoke_size(study, arm, given):
-    values = compare.arm_flags(compare.STUDIES[study], arm, given)
-    fields = ("epochs", "learning_rate", "optimizer", "momentum", "schedule", "warmup_epochs", "weight_decay",
-              "label_smoothing")
-    config = TrainConfig(**{k: values[k] for k in fields})  # ValueError for a recipe the engine refuses
-    assert config.epochs == given.get("epochs", compare.STUDIES[study].epochs)
+    config = compare.arm_recipe(compare.STUDIES[study], arm, given)  # ValueError for a recipe the engine refuses
+    assert config.train.epochs == given.get("epochs", compare.STUDIES[study].epochs)
+    assert config.model == arm.recipe.model and config.model_kwargs == arm.recipe.model_kwargs
 
 
 def test_the_zoo_study_trains_every_registered_model_with_the_cifar10_recipe():
@@ -89,23 +86,23 @@ def test_the_zoo_study_trains_every_registered_model_with_the_cifar10_recipe():
     assert [arm.name for arm in study.arms if arm.name == arm.recipe.model] == [arm.name for arm in study.arms]
     assert sorted(arm.name for arm in study.arms) == list_models()
     for arm in study.arms:
-        assert arm.model_kwargs == {"mean": compare.CIFAR10_MEAN, "std": compare.CIFAR10_STD}
-        recipe = {"mlp": compare._MLP_CIFAR10}.get(arm.name, cifar10.RECIPE)
+        assert arm.recipe.model_kwargs == {"mean": compare.CIFAR10_MEAN, "std": compare.CIFAR10_STD}
+        recipe = {"mlp": compare._MLP_CIFAR10}.get(arm.name, cifar10.recipe())
         if arm.name == "alexnet_mini":  # no BatchNorm: a lower peak learning rate
-            recipe = dataclasses.replace(recipe, learning_rate=0.02)
-        assert dataclasses.replace(arm.recipe, model=recipe.model) == recipe, arm.name
+            recipe = settings.replace(recipe, learning_rate=0.02)
+        assert dataclasses.replace(arm.recipe, model=recipe.model, model_kwargs={}) == recipe, arm.name
 
 
-def test_arm_flags_are_the_recipe_at_the_study_epochs_unless_given():
+def test_arm_recipe_is_the_recipe_at_the_study_epochs_unless_given():
     study = compare.STUDIES["cifar10_head_to_head"]
     mlp, cnn3, _ = study.arms
-    values = compare.arm_flags(study, cnn3, {})  # cifar10.RECIPE: 30 epochs, 5 of warmup, nesterov
-    assert (values["epochs"], values["warmup_epochs"], values["optimizer"]) == (10, 5 * 10 / 30, "nesterov")
-    assert values["augment"] == ["crop", "flip"] and values["dataset"] == "cifar10"
-    assert compare.arm_flags(study, mlp, {})["optimizer"] == "adam"
-    values = compare.arm_flags(study, cnn3, {"epochs": 1, "learning_rate": 0.01})
-    assert (values["epochs"], values["warmup_epochs"], values["learning_rate"]) == (1, 5 / 30, 0.01)
-    assert compare.arm_flags(study, cnn3, {"warmup_epochs": 0.5})["warmup_epochs"] == 0.5
+    config = compare.arm_recipe(study, cnn3, {})  # cifar10.recipe(): 30 epochs, 5 of warmup, nesterov
+    assert (config.train.epochs, config.train.warmup_epochs, config.train.optimizer) == (10, 5 * 10 / 30, "nesterov")
+    assert config.augment == ("crop", "flip") and config.data.dataset == "cifar10"
+    assert compare.arm_recipe(study, mlp, {}).train.optimizer == "adam"
+    config = compare.arm_recipe(study, cnn3, {"epochs": 1, "learning_rate": 0.01})
+    assert (config.train.epochs, config.train.warmup_epochs, config.train.learning_rate) == (1, 5 / 30, 0.01)
+    assert compare.arm_recipe(study, cnn3, {"warmup_epochs": 0.5}).train.warmup_epochs == 0.5
 
 
 def test_select_arms_keeps_the_study_order_and_names_unknown_arms():
@@ -198,7 +195,7 @@ def test_mnist_sweep_trains_its_arms_then_a_rerun_reads_them_back(tmp_path):
     comparison = check_comparison(workdir, "mnist_sweep", ["default", "kernel_5"])
     flags = read_json(workdir / "kernel_5" / "flags.json")  # the MNIST recipe, the arm's model, --epochs
     assert (flags["optimizer"], flags["model"], flags["model_kwargs"]) == ("adam", "simple_cnn", {"kernel_size": 5})
-    recipe = mnist.RECIPE  # its warmup, scaled to the study's single epoch
+    recipe = mnist.recipe().train  # its warmup, scaled to the study's single epoch
     assert flags["warmup_epochs"] == pytest.approx(recipe.warmup_epochs / recipe.epochs)
     assert "| kernel_5 | simple_cnn | 5x5 kernels | 62,346 |" in proc.stdout
     if flags["data_dir"] == SHARED_DATA:  # Real digits: even 8 steps learn something.
@@ -213,7 +210,7 @@ def test_mnist_sweep_trains_its_arms_then_a_rerun_reads_them_back(tmp_path):
 
     other = run([part.replace("--epochs=1", "--epochs=2") for part in command])
     assert other.returncode == 1 and "Traceback" not in other.stderr
-    assert "holds a run of arm 'default' with other settings (epochs=1 then, 2 now; warmup_epochs=" in other.stderr
+    assert "default holds a run started with other settings (epochs: 1 then, 2 now; warmup_epochs: " in other.stderr
 
 
 def test_cifar10_head_to_head_gives_each_arm_its_recipe(tmp_path):

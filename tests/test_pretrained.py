@@ -409,3 +409,44 @@ def test_absent_weights_name_what_to_provide(tmp_path, monkeypatch):
         pretrained.load_pretrained("efficientnet_lite0", cache_dir=tmp_path)
     with pytest.raises(pretrained.WeightsNotFoundError, match="nowhere.pth does not exist"):
         pretrained.load_pretrained("mobilenet_v2", source=tmp_path / "nowhere.pth", cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- crafted files
+
+def test_a_broadcast_view_cannot_make_a_few_bytes_into_a_huge_array(torch, tmp_path):
+    path = tmp_path / "broadcast.pth"
+    torch.save({"weight": torch.zeros(1).expand(8192, 8192)}, path)  # one stored float, stride (0, 0)
+    assert path.stat().st_size < 2000
+    with pytest.raises(pretrained.CorruptWeightsError, match=r"shape \(8192, 8192\).*more elements than its storage"):
+        pretrained.read_state_dict(path)
+
+
+def test_a_zip_member_larger_than_its_tensors_is_refused_before_it_is_inflated(torch, tmp_path):
+    small = tmp_path / "small.pth"
+    torch.save({"weight": torch.ones(4)}, small)
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(small) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/data/0"):
+                data = bytes(64 << 20)  # 64 MiB of zeros, a few KB compressed
+            target.writestr(info.filename, data)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(pretrained.CorruptWeightsError, match=r"would inflate to 67,108,864 bytes, but its tensors need 16"):
+        pretrained.read_state_dict(bomb)
+
+
+@pytest.mark.parametrize("header,message", [
+    ('{"a": {"dtype": "F32", "shape": [Infinity], "data_offsets": [0, 4]}}', "Infinity is not a JSON number"),
+    ('{"a": {"dtype": "F32", "shape": 4, "data_offsets": [0, 16]}}', "has shape 4; expected a list"),
+    ('{"a": {"dtype": "F32", "shape": [[2, 2]], "data_offsets": [0, 16]}}', r"has shape \[\[2, 2\]\]"),
+    ('{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16, 32]}}', "data_offsets"),
+    ('[1, 2]', "not an object of tensors"),
+    ("[" * 100_000 + "]" * 100_000, "not valid safetensors JSON"),
+])
+def test_malformed_safetensors_headers_are_one_clear_error(tmp_path, header, message):
+    path = tmp_path / "bad.safetensors"
+    encoded = header.encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + bytes(32))
+    with pytest.raises(pretrained.CorruptWeightsError, match=message):
+        pretrained.read_state_dict(path)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from cnn_jax import data
 from cnn_jax.train import (
     CheckpointMismatchError, Checkpointer, TrainConfig, TrainingDiverged, create_train_state,
     cross_entropy, eval_step, make_optimizer, make_schedule, make_train_step, train_and_evaluate)
+from cnn_jax.train.loop import PREFETCH_BATCHES, Preempted
 from cnn_jax.train.metrics import ProgressBar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +71,10 @@ class FaultyDataset:
             if epoch * self.steps_per_epoch + start_step + i + 1 == self._at_step:
                 if self._fault == "interrupt":
                     raise KeyboardInterrupt("simulated interruption")
+                if self._fault == "sigterm":  # as a cloud VM's preemption notice arrives
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    yield batch
+                    continue
                 batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
             yield batch
 
@@ -220,7 +226,7 @@ class _ViewRecorder:
     logits [z, 0], z a different number for each call."""
 
     def __init__(self):
-        self.variables, self.views = {}, []
+        self.variables, self.eval_variables, self.views = {}, {}, []
 
     def apply_fn(self, variables, images, train):
         assert not train
@@ -324,34 +330,51 @@ def test_interrupted_run_resumes_to_the_same_end(tmp_path, caplog):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert eval_records(str(tmp_path / "whole")) == eval_records(resumed_dir)
-    assert resumed["test_accuracy"] == whole["test_accuracy"] > 0.5
+    assert resumed.results["test_accuracy"] == whole.results["test_accuracy"] > 0.5
     with open(os.path.join(resumed_dir, "metrics.jsonl")) as f:
         steps = [(r["kind"], r["step"]) for r in map(json.loads, f)]
     assert len(steps) == len(set(steps)), "records logged before the interruption repeat"
     assert os.listdir(os.path.join(resumed_dir, "best"))  # Validation split -> best/ kept.
 
 
-def test_run_writes_results_metrics_and_figures(tmp_path):
+def test_run_returns_state_history_and_results_and_writes_only_checkpoints_and_metrics(tmp_path):
     dataset = tiny_dataset()
     config = TrainConfig(epochs=1, learning_rate=0.05, log_every_steps=5, progress_bar=False)
-    results = train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path), flags={"model": "t"})
-    with open(tmp_path / "results.json") as f:
-        assert json.load(f) == json.loads(json.dumps(results))
+    outcome = train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path))
+    results = outcome.results
     assert set(results["per_class_accuracy"]) == {"a", "b", "c", "d"}
-    assert results["flags"] == {"model": "t"} and results["train_images_per_sec"] > 0
-    assert results["steps"] == dataset.steps_per_epoch and "best_step" not in results
-    assert sorted(os.listdir(tmp_path / "figures")) == [
-        "confusion_matrix.png", "per_class_accuracy.png", "predictions.png",
-        "training_curves.png"]
-    assert os.listdir(tmp_path / "tensorboard")
+    assert results["train_images_per_sec"] > 0
+    assert results["steps"] == dataset.steps_per_epoch == int(outcome.state.step) and "best_step" not in results
+    assert [r["kind"] for r in outcome.history] == ["train", "train", "eval"]
+    assert outcome.test["accuracy"] == results["test_accuracy"] == outcome.history[-1]["test_accuracy"]
+    assert len(outcome.test["predictions"]) == len(outcome.test["labels"]) == dataset.info.num_test
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "metrics.jsonl", "tensorboard"]  # the caller reports
     with open(tmp_path / "metrics.jsonl") as f:
-        assert [json.loads(line)["kind"] for line in f] == ["train", "train", "eval"]
+        assert [json.loads(line) for line in f] == json.loads(json.dumps(outcome.history))
+
+
+def test_sigterm_saves_a_checkpoint_at_the_next_step_and_the_rerun_ends_as_an_uninterrupted_one(tmp_path):
+    dataset = tiny_dataset()  # 10 steps per epoch
+    config = TrainConfig(epochs=2, learning_rate=0.05, **QUIET)
+    whole = train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path / "whole"))
+    stopped = str(tmp_path / "stopped")
+    # The signal comes while batch 13 is read, PREFETCH_BATCHES ahead of the step that runs.
+    at = 13 - PREFETCH_BATCHES
+    with pytest.raises(Preempted, match=f"stopped at step {at} by a signal, with a checkpoint saved"):
+        train_and_evaluate(TinyCNN(), FaultyDataset(dataset, 13, "sigterm"), config, stopped)
+    assert sorted(map(int, os.listdir(os.path.join(stopped, "checkpoints")))) == [10, at]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the engine's handler is gone
+    resumed = train_and_evaluate(TinyCNN(), dataset, config, stopped)
+    a, b = final_params(str(tmp_path / "whole"), config, dataset), final_params(stopped, config, dataset)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert resumed.results["test_accuracy"] == whole.results["test_accuracy"]
 
 
 def test_eval_every_epochs_evaluates_less_often_but_always_at_the_end(tmp_path):
     dataset = tiny_dataset(validation_fraction=0.2)  # 8 steps per epoch
     config = TrainConfig(epochs=5, learning_rate=0.05, eval_every_epochs=2, keep_checkpoints=5, **QUIET)
-    results = train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path))
+    results = train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path)).results
     evals = eval_records(str(tmp_path))
     assert [r["epoch"] for r in evals] == [2, 4, 5]
     assert results["test_accuracy"] == evals[-1]["test_accuracy"]

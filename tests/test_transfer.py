@@ -227,7 +227,7 @@ def test_two_phase_transfer_end_to_end_then_predict(tmp_path):
                             "train_images_per_sec", "steps", "flags"}
     assert list(results["per_class_accuracy"]) == list(COLORS) and results["steps"] == 3
     assert {k: results["flags"][k] for k in ("backbone", "mode", "unfreeze", "image_size", "class_weights")} == {
-        "backbone": "efficientnet_lite0", "mode": "two_phase", "unfreeze": 1, "image_size": 32, "class_weights": True}
+        "backbone": "efficientnet_lite0", "mode": "two_phase", "unfreeze": 1, "image_size": [32, 32], "class_weights": True}
     for path in ("figures/training_curves.png", "figures/confusion_matrix.png", "metrics.jsonl",
                  "feature_extract/results.json", "feature_extract/export/meta.json"):
         assert (workdir / path).exists(), path

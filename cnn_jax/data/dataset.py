@@ -48,6 +48,9 @@ INPUT_MODES = ("auto", "memory", "stream")
 INPUT_ENV = "CNN_JAX_INPUT"  # DataConfig.input's default when it is None ("memory" or "stream"), for measurements
 
 
+MAX_IMAGE_SIDE = 4096  # pixels; far beyond what a CNN is trained at, and a batch of them still fits in memory
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which dataset to load and how to split and batch it.
@@ -91,6 +94,11 @@ class DataConfig:
                 raise ValueError(
                     f"DataConfig.image_size must be (height, width) of positive ints, got {self.image_size}")
             object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
+            if max(self.image_size) > MAX_IMAGE_SIDE:
+                gib = self.batch_size * self.image_size[0] * self.image_size[1] * 3 * 4 / 2**30
+                raise ValueError(f"DataConfig.image_size={self.image_size} is too large: one batch of {self.batch_size} "
+                                 f"such images takes {gib:,.0f} GiB as float32; use at most {MAX_IMAGE_SIDE} pixels "
+                                 "a side (ImageNet models take 224)")
         if self.seed < 0:
             raise ValueError(f"DataConfig.seed must be >= 0, got {self.seed}")
         if self.resolved_input not in INPUT_MODES:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -68,13 +68,33 @@ def receptive_field(layers: Sequence) -> ReceptiveField:
     ``start_out = start + ((k_eff - 1) / 2 - padding) * jump`` with ``k_eff = dilation * (kernel - 1) + 1``.
     """
     size, jump, start = 1, 1, 0.0  # one pixel, centred on pixel 0
-    for layer in layers:
-        layer = LayerGeometry(*layer) if not isinstance(layer, LayerGeometry) else layer
+    for index, layer in enumerate(layers):
+        layer = _geometry(layer, index)
         effective = layer.dilation * (layer.kernel - 1) + 1
         start = start + ((effective - 1) / 2 - layer.padding) * jump
         size = size + (effective - 1) * jump
         jump = jump * layer.stride
     return ReceptiveField(size, jump, start)
+
+
+def _geometry(layer, index: int) -> LayerGeometry:
+    """`layer` as a LayerGeometry: one already, a mapping of its fields, or a (kernel, stride, ...) sequence."""
+    fields = ", ".join(LayerGeometry._fields)
+    try:
+        if isinstance(layer, LayerGeometry):
+            geometry = layer
+        elif isinstance(layer, Mapping):
+            geometry = LayerGeometry(**layer)
+        else:
+            geometry = LayerGeometry(*layer)
+    except TypeError as error:
+        raise ValueError(f"layer {index} is {layer!r}, not a layer geometry ({error}): give a LayerGeometry, "
+                         f"a (kernel, stride[, padding[, dilation]]) tuple or a dict with keys from {fields}") from None
+    for name, value in geometry._asdict().items():
+        minimum = 0 if name == "padding" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"layer {index} has {name}={value!r}: it must be an integer >= {minimum}")
+    return geometry
 
 
 def count_params(params) -> int:

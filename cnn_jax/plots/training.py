@@ -61,8 +61,13 @@ def plot_training_curves(records: Sequence[Mapping], path: PathLike) -> pathlib.
     return _save(fig, path)
 
 
+def plain_text(name: str) -> str:
+    """``name`` as matplotlib draws it literally: "$" escaped, so that no class name is read as TeX math."""
+    return str(name).replace("$", r"\$")
+
+
 def _check_class_names(class_names: Sequence[str], n: int, what: str) -> list[str]:
-    class_names = list(class_names)
+    class_names = [plain_text(name) for name in class_names]
     if len(class_names) != n:
         raise ValueError(f"{len(class_names)} class names given for {n} classes in the {what}")
     return class_names
@@ -154,7 +159,7 @@ def plot_prediction_grid(images, labels, predictions, class_names: Sequence[str]
             ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
         else:
             ax.imshow(image)
-        pred, true = class_names[int(predictions[i])], class_names[int(labels[i])]
+        pred, true = (plain_text(class_names[int(k)]) for k in (predictions[i], labels[i]))
         wrong = predictions[i] != labels[i]
         ax.set_title(f"{pred} ({true})" if wrong else pred, fontsize=8,
                      color=_MISTAKE_COLOR if wrong else _CORRECT_COLOR)

@@ -22,17 +22,33 @@ DTYPES = {
 }
 
 
+MAX_HEADER_BYTES = 100 << 20  # the format's own limit on the JSON header
+
+
+def _integers(value, what: str, name: str, count=None) -> tuple[int, ...]:
+    """A JSON list of non-negative integers (``count`` of them when given), else CorruptWeightsError."""
+    if (not isinstance(value, list) or (count is not None and len(value) != count)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)):
+        raise CorruptWeightsError(f"tensor {name!r} has {what} {value!r}; expected a list of "
+                                  f"{count or 'any number of'} non-negative integers")
+    return tuple(value)
+
+
 def _tensor(body: bytes, name: str, entry) -> np.ndarray:
     if not isinstance(entry, dict) or entry.get("dtype") not in DTYPES:
         raise CorruptWeightsError(f"tensor {name!r} has an unsupported or missing dtype in {entry!r} "
                                   f"(supported: {', '.join(DTYPES)})")
     dtype = np.dtype(DTYPES[entry["dtype"]]).newbyteorder("<")
-    shape = tuple(int(n) for n in entry["shape"])
-    begin, end = (int(n) for n in entry["data_offsets"])
+    shape = _integers(entry.get("shape"), "shape", name)
+    begin, end = _integers(entry.get("data_offsets"), "data_offsets", name, 2)
     if not 0 <= begin <= end <= len(body) or end - begin != math.prod(shape) * dtype.itemsize:
         raise CorruptWeightsError(f"tensor {name!r} ({entry['dtype']} {shape}) claims bytes [{begin}, {end}) of "
                                   f"a {len(body)}-byte body: the file is truncated or corrupt")
     return np.frombuffer(body, dtype, math.prod(shape), begin).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def read_safetensors(path: str) -> Dict[str, np.ndarray]:
@@ -43,15 +59,17 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
     with open(path, "rb") as file:
         data = file.read()
     size = int.from_bytes(data[:8], "little")
-    if len(data) < 8 or 8 + size > len(data):
+    if len(data) < 8 or 8 + size > len(data) or size > MAX_HEADER_BYTES:
         raise CorruptWeightsError(f"cannot load {path}: its header length {size} exceeds the file's {len(data)} "
-                                  "bytes; it is truncated or not a .safetensors file")
+                                  f"bytes or the format's {MAX_HEADER_BYTES}; it is truncated or not a .safetensors file")
     try:
-        header = json.loads(data[8:8 + size])
+        header = json.loads(data[8:8 + size], parse_constant=_no_constant)
+        if not isinstance(header, dict):
+            raise CorruptWeightsError(f"its header is a JSON {type(header).__name__}, not an object of tensors")
         body = data[8 + size:]
         return {name: _tensor(body, name, entry) for name, entry in header.items() if name != "__metadata__"}
     except CorruptWeightsError as error:
         raise CorruptWeightsError(f"cannot load {path}: {error}") from None
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+    except (ValueError, RecursionError, UnicodeDecodeError) as error:
         raise CorruptWeightsError(f"cannot load {path}: its header is not valid safetensors JSON "
-                                  f"({type(error).__name__}: {error})") from error
+                                  f"({type(error).__name__}: {error})") from None

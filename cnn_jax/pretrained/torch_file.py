@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -65,6 +66,13 @@ class _Tensor(NamedTuple):
             raise CorruptWeightsError("a tensor refers to a storage whose bytes the file does not contain")
         if 0 in self.shape:
             return np.zeros(self.shape, data.dtype)
+        if len(self.stride) != len(self.shape) or any(n < 0 for n in self.shape):
+            raise CorruptWeightsError(f"a tensor has shape {self.shape} and strides {self.stride}: the file is corrupt")
+        if any(s == 0 and n > 1 for n, s in zip(self.shape, self.stride)) or math.prod(self.shape) > data.size:
+            # A broadcast view: a few stored bytes would become an array of any size when copied.
+            raise CorruptWeightsError(f"a tensor of shape {self.shape} (strides {self.stride}) has more elements "
+                                      f"than its storage's {data.size}: weights are never broadcast views; re-save "
+                                      "the state dict with contiguous tensors")
         last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
         if self.offset < 0 or min(self.stride, default=0) < 0 or last >= data.size:
             raise CorruptWeightsError(f"a tensor of shape {self.shape} reaches past its storage of {data.size} "
@@ -128,10 +136,30 @@ def _read_zip(path: str) -> Any:
             _, storage_type, key, _, numel = pid[:5]
             if key not in storages:
                 storages[key] = _Storage(storage_type.dtype, int(numel))
-                storages[key].fill(archive.read(f"{prefix}data/{key}"), f"storage {key}")
+                name = f"{prefix}data/{key}"
+                _check_member_size(archive, name, storages[key].numel * storages[key].dtype.itemsize)
+                storages[key].fill(archive.read(name), f"storage {key}")
             return storages[key]
 
+        _check_member_size(archive, pickles[0], None)
         return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage).load()
+
+
+MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle names its tensors; even ImageNet models need well under 1 MiB
+
+
+def _check_member_size(archive: zipfile.ZipFile, name: str, expected: Optional[int]) -> None:
+    """Refuses a member before inflating it when its size is not the one its tensors need (a zip bomb)."""
+    try:
+        size = archive.getinfo(name).file_size
+    except KeyError:
+        raise CorruptWeightsError(f"the archive lacks {name}, which its state dict refers to") from None
+    if expected is None and size > MAX_PICKLE_BYTES:
+        raise CorruptWeightsError(f"its {name} would inflate to {size:,} bytes, far more than a state dict's "
+                                  f"pickle needs (at most {MAX_PICKLE_BYTES:,}): the file is corrupt or crafted")
+    if expected is not None and size != expected:
+        raise CorruptWeightsError(f"its {name} would inflate to {size:,} bytes, but its tensors need {expected:,}: "
+                                  "the file is corrupt or crafted")
 
 
 def _read_legacy(path: str) -> Any:

@@ -8,6 +8,7 @@ before it is used.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Optional
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's arrays do not fit the train state it is restored into."""
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint can be read, or one cannot be written (a full disk, a file-size limit)."""
 
 
 class Checkpointer:
@@ -44,8 +49,20 @@ class Checkpointer:
 
     def save(self, state: TrainState) -> None:
         """Saves `state` at its step, in the background (`wait` or `close` to finish)."""
-        self._manager.save(int(state.step), args=ocp.args.StandardSave(
-            serialization.to_state_dict(state)), force=True)
+        with self._writing():
+            self._manager.save(int(state.step), args=ocp.args.StandardSave(
+                serialization.to_state_dict(state)), force=True)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turns a failed write (of this save, or of an earlier one still in the background) into one error."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 -- orbax reports I/O failures as assorted types.
+            raise CheckpointError(
+                f"could not write a checkpoint in {self.directory} ({type(error).__name__}: {error}). Fix: free "
+                "disk space or raise the file-size limit, then run the same command again: it resumes from the "
+                "last complete checkpoint") from None
 
     def restore(self, target: TrainState) -> Optional[TrainState]:
         """`target` with the arrays of the latest readable checkpoint, or None if there is none.
@@ -74,8 +91,9 @@ class Checkpointer:
                 continue
             return serialization.from_state_dict(target, restored)
         if steps:
-            raise RuntimeError(f"No readable checkpoint in {self.directory} (steps {steps}): "
-                               "delete that directory to start afresh, or use another workdir.")
+            raise CheckpointError(f"no readable checkpoint in {self.directory} (steps {steps}, now set aside as "
+                                  "unreadable-<step>): delete that directory to start afresh, or use another "
+                                  "--workdir")
         return None
 
     def _set_aside(self, step: int, error: Exception) -> None:
@@ -88,10 +106,12 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until background saves are written."""
-        self._manager.wait_until_finished()
+        with self._writing():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.close()
+        with self._writing():
+            self._manager.close()
 
 
 def _shapes(tree) -> dict:
@@ -114,9 +134,8 @@ def _check_compatible(saved: dict, wanted: dict, checkpoint: str) -> None:
             problems.append(f"{name}: checkpoint has shape {saved[name][0]} {saved[name][1]}, "
                             f"the model {wanted[name][0]} {wanted[name][1]}")
     if problems:
-        shown = "\n  ".join(problems[:5]) + (f"\n  ... and {len(problems) - 5} more"
-                                              if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise CheckpointMismatchError(
-            f"The checkpoint {checkpoint} was written by a different model or optimizer "
-            f"({len(problems)} mismatches):\n  {shown}\nUse the same model and optimizer flags "
-            "as the run that wrote it, or a new workdir to start afresh.")
+            f"the checkpoint {checkpoint} was written by a different model or optimizer "
+            f"({len(problems)} mismatches: {shown}): use the same model and optimizer flags "
+            "as the run that wrote it, or a new workdir to start afresh")

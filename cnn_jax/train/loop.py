@@ -2,20 +2,27 @@
 
 A run lives in its workdir. Started again with the same workdir, it resumes from the latest
 checkpoint (mid-epoch included, since the data order is a function of seed and epoch) and ends
-where an uninterrupted run would have.
+where an uninterrupted run would have. The engine writes checkpoints and metrics only; it returns
+the trained state, the history and the test evaluation, and its caller reports them (results,
+export, figures).
 """
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import functools
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Callable, Iterator, Optional
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from cnn_jax import evaluation
 from cnn_jax.data import prefetch_to_device
@@ -23,10 +30,10 @@ from cnn_jax.train import sharding as sharding_lib
 from cnn_jax.train.checkpoint import Checkpointer
 from cnn_jax.train.config import TrainConfig
 from cnn_jax.train.finetune import FineTuning
-from cnn_jax.train.metrics import MetricWriter, ProgressBar, write_json
+from cnn_jax.train.metrics import MetricWriter, ProgressBar
 from cnn_jax.train.optim import make_optimizer, make_schedule
 from cnn_jax.train.state import TrainState, create_train_state
-from cnn_jax.train.steps import Augment, eval_step, make_train_step
+from cnn_jax.train.steps import Augment, balanced_class_weights, eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -34,137 +41,82 @@ PREFETCH_BATCHES = 2
 # Steps the host may dispatch ahead of the devices. Enough to hide dispatch; bounded because with several CPU
 # devices a long queue of steps with collectives deadlocks XLA:CPU's rendezvous (8 simulated devices, 100 steps).
 MAX_STEPS_IN_FLIGHT = 4
-GRID_IMAGES = 24  # Test images in the prediction grid, up to half of them mistakes.
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the gradients became NaN or Inf."""
 
 
+class Preempted(Exception):
+    """SIGTERM or Ctrl-C stopped the run at a step boundary, after saving a checkpoint there."""
+
+    def __init__(self, step: int, directory: str):
+        super().__init__(f"stopped at step {step} by a signal, with a checkpoint saved in {directory}: run the "
+                         f"same command again to resume")
+        self.step = step
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a run produced: the final state, every metrics record, the test evaluation, the summary.
+
+    `test` holds `accuracy`, `loss`, and the `predictions` and `labels` of every test example;
+    `results` is what `results.json` reports (see `train_and_evaluate`).
+    """
+    state: TrainState
+    history: list
+    test: dict
+    results: dict
+
+
 def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: str,
-                       augment: Optional[Augment] = None, flags: Optional[dict] = None,
-                       start_time: Optional[float] = None, *,
-                       fine_tuning: Optional[FineTuning] = None,
-                       class_weights: Optional[np.ndarray] = None,
-                       export: Optional[Callable[[dict], None]] = None) -> dict:
-    """Trains `model` on `dataset`, evaluating every `config.eval_every_epochs`, and returns the results.
+                       augment: Optional[Augment] = None, start_time: Optional[float] = None, *,
+                       fine_tuning: Optional[FineTuning] = None) -> Outcome:
+    """Trains `model` on `dataset`, evaluating every `config.eval_every_epochs`, and returns the outcome.
 
     Args:
       model: a Linen module called as `model.apply(variables, images, train=..., ...)`.
       dataset: a `cnn_jax.data.Dataset` (or anything with its `info`, `steps_per_epoch`,
-        `train_batches(epoch, start_step)` and `eval_batches(split)`).
+        `train_batches(epoch, start_step)`, `eval_batches(split)` and, for
+        `config.class_weights`, `train_class_counts()`).
       config: the optimizer, schedule and bookkeeping settings.
-      workdir: where checkpoints, metrics, figures and results go; an existing run there resumes.
+      workdir: where checkpoints and metrics go; an existing run there resumes.
       augment: `(key, images) -> images`, applied on the device inside the train step.
-      flags: the settings of the command, stored in `flags.json` and `results.json`.
       start_time: `time.time()` when the command started, so `wall_time_s` covers data loading
         and imports too; default: when this function is called.
       fine_tuning: start from given (pretrained) variables and freeze or slow down parts of the
         network (`cnn_jax.train.finetune`); default: a fresh network, trained as a whole.
-      class_weights: one loss weight per class (`steps.balanced_class_weights` for imbalanced
-        data); default: every example counts the same.
-      export: called on process 0 with the final variables once results are written, e.g. to
-        save what inference needs (`cnn_jax.export.save_export`).
 
     Returns:
-      The contents of `results.json`: `test_accuracy`, `test_loss`, `per_class_accuracy` (by
+      An `Outcome` whose `results` hold `test_accuracy`, `test_loss`, `per_class_accuracy` (by
       class name), `wall_time_s` (of this call, or since `start_time`), `train_images_per_sec`
       (the median over the logged intervals of the whole run, so compilation and evaluation
-      stay out of it), `steps`, `flags`, and with a validation split
-      `best_validation_accuracy` and `best_step`.
+      stay out of it), `steps`, and with a validation split `best_validation_accuracy` and
+      `best_step`.
 
     Raises:
       TrainingDiverged: at the first log or checkpoint after a step whose loss or gradients are
         not finite; the checkpoints on disk are all from before it.
+      Preempted: after SIGTERM (or Ctrl-C), once the next step's checkpoint is saved.
     """
     start_time = time.time() if start_time is None else start_time
-    info = dataset.info
-    steps_per_epoch = dataset.steps_per_epoch
-    total_steps = config.epochs * steps_per_epoch
-    chief = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    if chief:
-        write_json(os.path.join(workdir, "flags.json"), flags or {})
-
     mesh = sharding_lib.make_mesh()
-    on_batch, on_all = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
-    if fine_tuning is None:
-        state = create_train_state(model, make_optimizer(config, steps_per_epoch),
-                                   info.image_shape, config.seed, on_all)
-    else:
-        state = fine_tuning.train_state(model, config, steps_per_epoch, info.image_shape, on_all)
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    best = Checkpointer(os.path.join(workdir, "best"), 1) if info.num_validation else None
-    restored = checkpoints.restore(state)
-    if restored is not None:
-        state = restored
-        log.info("resuming from step %d (epoch %d) of %s", int(state.step),
-                 int(state.step) // steps_per_epoch, checkpoints.directory)
-    writer = MetricWriter(workdir, resume_step=int(state.step), tensorboard=config.tensorboard,
-                          write=chief)
-    train_step = jax.jit(make_train_step(augment, config.label_smoothing, class_weights),
-                         in_shardings=(on_all, on_batch), out_shardings=(on_all, on_all),
-                         donate_argnums=0)
-    evaluate = _make_evaluator(dataset, mesh, on_batch, on_all, config)
-    logger = _TrainLogger(writer, ProgressBar(total_steps, config.progress_bar and chief),
-                          make_schedule(config, steps_per_epoch), steps_per_epoch)
-    test = None
+    run = _Run(model, dataset, config, workdir, mesh, augment, fine_tuning)
     try:
-        step = int(state.step)
-        while step < total_steps:
-            epoch = step // steps_per_epoch
-            batches = _checked(dataset.train_batches(epoch, step % steps_per_epoch), mesh,
-                               "batch size")
-            logger.resume_clock()
-            in_flight = collections.deque()
-            for batch in prefetch_to_device(batches, PREFETCH_BATCHES, on_batch):
-                state, metrics = train_step(state, batch)
-                step += 1
-                in_flight.append(metrics["loss"])
-                if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-                    in_flight.popleft().block_until_ready()
-                logger.add(step, metrics, batch["image"].shape[0])
-                if step % config.log_every_steps == 0:
-                    logger.flush(step)
-                if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-                        and step % steps_per_epoch):
-                    logger.flush(step)
-                    checkpoints.save(state)
-            if step != (epoch + 1) * steps_per_epoch:
-                raise RuntimeError(f"epoch {epoch} yielded {step - epoch * steps_per_epoch} "
-                                   f"batches, but the dataset promises {steps_per_epoch}.")
-            logger.flush(step)
-            if (epoch + 1) % config.eval_every_epochs and step < total_steps:
-                checkpoints.save(state)
-                continue
-            logger.pause_clock()
-            best_before = _best_eval(writer.history)
-            record, test = _evaluate_epoch(evaluate, state, info.num_validation > 0, step, epoch)
-            record["elapsed_s"] = time.time() - start_time
-            log.info("epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(
-                f"{k} {v:.4f}" for k, v in record.items() if k.endswith(("accuracy", "loss"))))
-            writer.write(record)
-            checkpoints.save(state)
-            if best is not None and (best_before is None
-                                     or record["val_accuracy"] > best_before["val_accuracy"]):
-                best.save(state)
-    except TrainingDiverged as error:
-        checkpoints.wait()
-        last_good = checkpoints.latest_step()
-        raise TrainingDiverged(f"{error} " + (
-            f"The last good checkpoint is step {last_good} in {checkpoints.directory}."
-            if last_good is not None else "No checkpoint was saved before it.")) from None
+        with _stop_signals() as stop_requested:
+            state = run.train(stop_requested, start_time)
     finally:
-        logger.close()
-        checkpoints.close()
-        if best is not None:
-            best.close()
-        writer.close()
+        run.close()
+    test = run.last_test or run.evaluate(state, "test")  # A rerun of a finished run evaluates only.
+    history = run.writer.history
+    return Outcome(state, history, test, _summary(test, history, dataset.info, int(state.step), start_time))
 
-    test = test or evaluate(state, "test")  # A rerun of a finished run evaluates only.
+
+def _summary(test: dict, history: list, info, steps: int, start_time: float) -> dict:
+    """What results.json reports of a finished run."""
     confusion = evaluation.confusion_matrix(test["labels"], test["predictions"], info.num_classes)
     per_class = evaluation.per_class_accuracy(confusion)
-    history = writer.history
     results = {
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
@@ -172,20 +124,154 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
         "wall_time_s": time.time() - start_time,
         "train_images_per_sec": float(np.median(
             [r["images_per_sec"] for r in history if r["kind"] == "train"] or [0.0])),
-        "steps": step,
-        "flags": flags or {},
+        "steps": steps,
     }
     best_record = _best_eval(history)
     if best_record is not None:
-        results.update(best_validation_accuracy=best_record["val_accuracy"],
-                       best_step=best_record["step"])
-    if chief:
-        _write_figures(os.path.join(workdir, "figures"), history, confusion, per_class, test,
-                       dataset)
-        write_json(os.path.join(workdir, "results.json"), results)
-        if export is not None:
-            export(jax.device_get(state.variables))
+        results.update(best_validation_accuracy=best_record["val_accuracy"], best_step=best_record["step"])
     return results
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Yields `stop_requested(step) -> bool`: true once SIGTERM or SIGINT arrived (all processes agree).
+
+    One process: the signals set a flag that the loop reads at step boundaries; a second Ctrl-C
+    interrupts at once. Several processes: JAX's preemption service (SIGTERM) picks the step at
+    which every process stops together.
+    """
+    if jax.process_count() > 1:
+        yield multihost_utils.reached_preemption_sync_point
+        return
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda step: False
+        return
+    received = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # A second Ctrl-C stops at once.
+        log.warning("%s received: saving a checkpoint at the next step boundary, then stopping",
+                    signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda step: bool(received)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _Run:
+    """The parts of one training run: state, checkpoints, metrics, the jitted steps."""
+
+    def __init__(self, model, dataset, config: TrainConfig, workdir: str, mesh, augment, fine_tuning):
+        info = dataset.info
+        self.dataset, self.config, self.mesh = dataset, config, mesh
+        self.steps_per_epoch = dataset.steps_per_epoch
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.on_batch, on_all = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
+        if fine_tuning is None:
+            state = create_train_state(model, make_optimizer(config, self.steps_per_epoch),
+                                       info.image_shape, config.seed, on_all)
+        else:
+            state = fine_tuning.train_state(model, config, self.steps_per_epoch, info.image_shape, on_all)
+        self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+        self.best = Checkpointer(os.path.join(workdir, "best"), 1) if info.num_validation else None
+        restored = self.checkpoints.restore(state)
+        if restored is not None:
+            state = restored
+            log.info("resuming from step %d (epoch %d) of %s", int(state.step),
+                     int(state.step) // self.steps_per_epoch, self.checkpoints.directory)
+        self.initial_state = state
+        chief = jax.process_index() == 0
+        self.writer = MetricWriter(workdir, resume_step=int(state.step), tensorboard=config.tensorboard,
+                                   write=chief)
+        class_weights = (balanced_class_weights(dataset.train_class_counts()) if config.class_weights
+                         else None)
+        self.train_step = jax.jit(make_train_step(augment, config.label_smoothing, class_weights),
+                                  in_shardings=(on_all, self.on_batch), out_shardings=(on_all, on_all),
+                                  donate_argnums=0)
+        self.evaluate = _make_evaluator(dataset, mesh, self.on_batch, on_all, config)
+        self.logger = _TrainLogger(self.writer, ProgressBar(self.total_steps, config.progress_bar and chief),
+                                   make_schedule(config, self.steps_per_epoch), self.steps_per_epoch)
+        self.last_test = None
+
+    def train(self, stop_requested: Callable[[int], bool], start_time: float) -> TrainState:
+        """Trains from the restored step to the last; returns the final state."""
+        state, config = self.initial_state, self.config
+        try:
+            step = int(state.step)
+            while step < self.total_steps:
+                epoch = step // self.steps_per_epoch
+                state, step = self._train_epoch(state, step, epoch, stop_requested)
+                self.logger.flush(step)
+                if (epoch + 1) % config.eval_every_epochs and step < self.total_steps:
+                    self._save(state)
+                    continue
+                self.logger.pause_clock()
+                self._evaluate_and_save(state, step, epoch, start_time)
+        except TrainingDiverged as error:
+            self.checkpoints.wait()
+            last_good = self.checkpoints.latest_step()
+            raise TrainingDiverged(f"{error} " + (
+                f"The last good checkpoint is step {last_good} in {self.checkpoints.directory}."
+                if last_good is not None else "No checkpoint was saved before it.")) from None
+        return state
+
+    def _train_epoch(self, state, step: int, epoch: int, stop_requested):
+        """One epoch's steps from `step`; saves and raises Preempted when a stop is requested."""
+        config = self.config
+        batches = _checked(self.dataset.train_batches(epoch, step % self.steps_per_epoch), self.mesh,
+                           "batch size")
+        self.logger.resume_clock()
+        in_flight = collections.deque()
+        for batch in prefetch_to_device(batches, PREFETCH_BATCHES, self.on_batch):
+            state, metrics = self.train_step(state, batch)
+            step += 1
+            in_flight.append(metrics["loss"])
+            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                in_flight.popleft().block_until_ready()
+            self.logger.add(step, metrics, batch["image"].shape[0])
+            if step % config.log_every_steps == 0:
+                self.logger.flush(step)
+            if stop_requested(step):
+                self._save(state)
+                self.checkpoints.wait()
+                raise Preempted(step, self.checkpoints.directory)
+            if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+                    and step % self.steps_per_epoch):
+                self._save(state)
+        if step != (epoch + 1) * self.steps_per_epoch:
+            raise RuntimeError(f"epoch {epoch} yielded {step - epoch * self.steps_per_epoch} "
+                               f"batches, but the dataset promises {self.steps_per_epoch}.")
+        return state, step
+
+    def _save(self, state) -> None:
+        """Checks and writes the pending metrics (durably), then checkpoints: the metrics never lag it."""
+        self.logger.flush(int(state.step))
+        self.writer.sync()
+        self.checkpoints.save(state)
+
+    def _evaluate_and_save(self, state, step: int, epoch: int, start_time: float) -> None:
+        best_before = _best_eval(self.writer.history)
+        record, self.last_test = _evaluate_epoch(self.evaluate, state, self.dataset.info.num_validation > 0,
+                                                 step, epoch)
+        record["elapsed_s"] = time.time() - start_time
+        log.info("epoch %d/%d: %s", epoch + 1, self.config.epochs, ", ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k.endswith(("accuracy", "loss"))))
+        self.writer.write(record)
+        self._save(state)
+        if self.best is not None and (best_before is None
+                                      or record["val_accuracy"] > best_before["val_accuracy"]):
+            self.best.save(state)
+
+    def close(self) -> None:
+        self.logger.close()
+        self.checkpoints.close()
+        if self.best is not None:
+            self.best.close()
+        self.writer.close()
 
 
 def _evaluate_epoch(evaluate, state: TrainState, has_validation: bool, step: int,
@@ -322,36 +408,3 @@ class _TrainLogger:
 
     def close(self) -> None:
         self._progress.close()
-
-
-def _write_figures(directory: str, history: list, confusion: np.ndarray, per_class: np.ndarray,
-                   test: dict, dataset) -> None:
-    """Training curves, confusion matrix, per-class accuracy and a grid of test predictions."""
-    from cnn_jax import plots  # matplotlib is needed only here.
-
-    names = dataset.info.class_names
-    if history:
-        plots.plot_training_curves(history, os.path.join(directory, "training_curves.png"))
-    plots.plot_confusion_matrix(confusion, names, os.path.join(directory, "confusion_matrix.png"))
-    plots.plot_per_class_accuracy(per_class, names,
-                                  os.path.join(directory, "per_class_accuracy.png"))
-    images, labels, predictions = _grid_examples(dataset, test["labels"], test["predictions"])
-    plots.plot_prediction_grid(images, labels, predictions, names,
-                               os.path.join(directory, "predictions.png"), max_images=GRID_IMAGES)
-
-
-def _grid_examples(dataset, labels: np.ndarray, predictions: np.ndarray):
-    """The first test mistakes (up to half the grid), then the first correct predictions.
-
-    Images are read again from the host-side test batches, only as far as the last one chosen.
-    """
-    wrong = np.flatnonzero(predictions != labels)[:GRID_IMAGES // 2]
-    right = np.flatnonzero(predictions == labels)[:GRID_IMAGES - len(wrong)]
-    chosen = np.concatenate([wrong, right])
-    images, seen = [], 0
-    for batch in dataset.eval_batches("test"):
-        images.append(batch["image"][batch["mask"] > 0])
-        seen += len(images[-1])
-        if seen > chosen.max():
-            break
-    return np.concatenate(images)[chosen], labels[chosen], predictions[chosen]

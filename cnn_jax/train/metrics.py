@@ -9,6 +9,8 @@ import math
 import os
 import sys
 
+from cnn_jax.files import write_atomically
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -31,23 +33,34 @@ class MetricWriter:
         self.history = [r for r in read_records(path) if r["step"] <= resume_step]
         self._file = self._tensorboard = None
         if write:
-            _write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.history))
+            write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.history))
             self._file = open(path, "a", encoding="utf-8")
             self._tensorboard = _TensorBoardWriter(workdir) if tensorboard else None
 
     def write(self, record: dict) -> None:
-        """Writes one record: {"kind": "train" | "eval", "step": int, ...numbers}."""
+        """Writes one record: {"kind": "train" | "eval", "step": int, ...numbers}.
+
+        Evaluation records are fsynced at once; train records with the next `sync` or eval.
+        """
         self.history.append(record)
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+            if record.get("kind") == "eval":
+                self.sync()
         if self._tensorboard is not None:
             self._tensorboard.write(record["step"], {
                 key: value for key, value in record.items()
                 if key not in ("kind", "step", "epoch") and isinstance(value, (int, float))})
 
+    def sync(self) -> None:
+        """Makes every record written so far durable (before a checkpoint that depends on them)."""
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+
     def close(self) -> None:
         if self._file is not None:
+            self.sync()
             self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
@@ -92,18 +105,6 @@ def read_records(path: str) -> list[dict]:
             except json.JSONDecodeError:
                 break  # A write cut short by a crash: everything after it is suspect.
     return records
-
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, value) -> None:
-    """Writes `value` as indented JSON, atomically (a crash leaves the old file or the new)."""
-    _write_atomically(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 class ProgressBar:
