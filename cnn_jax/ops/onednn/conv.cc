@@ -9,7 +9,8 @@
 //   2 weight gradient  x  (N,H,W,C),   dy (N,OH,OW,O)   -> dw (KH,KW,C/G,O)
 // A grouped HWIO kernel is oneDNN's 5-D (G, O/G, C/G, KH, KW) in its hwigo layout.
 // Activations stay NHWC (oneDNN's AVX-512 kernels read it directly); kernels are reordered to and from
-// the blocked layout each primitive prefers, which costs little next to the convolution itself.
+// the blocked layout each primitive prefers, which costs little next to the convolution itself. bf16 depthwise
+// modes that oneDNN has no bf16 depthwise kernel for run on its f32 ones instead (see MakePlan).
 // Primitives are built once per shape and cached; the oneDNN primitive cache sits beneath.
 
 #include <cstdint>
@@ -83,51 +84,78 @@ struct Step {
   memory::desc scratchpad;
 };
 
-// One cached convolution with the kernel layout it wants and the reorder between that and HWIO.
+// One operand or the result of a cached convolution: its memory as XLA holds it (`user`: NHWC or HWIO, the call's
+// dtype) and as the primitive wants it (a blocked kernel layout, or float32 for a bf16 call run on f32 kernels),
+// with the reorder between the two where they differ (user -> primitive for operands, back for the result).
+struct Operand {
+  memory::desc user, primitive;
+  bool convert = false;
+  Step reorder;
+};
+
+// One cached convolution: the primitive, which oneDNN implementation it is, and its three memories in the call's
+// order (a, b, out).
 struct Plan {
   Step conv;
   std::string implementation;  // e.g. "brg_conv_fwd:avx512_core"
-  memory::desc weights;        // the convolution's kernel layout
-  bool reorder = false;        // whether it differs from HWIO
-  Step to_primitive;           // HWIO -> weights (modes 0, 1)
-  Step to_user;                // weights -> HWIO (mode 2)
+  Operand a, b, out;
 };
-
-template <typename Primitive>
-void SetConv(Plan& plan, const typename Primitive::primitive_desc& pd, const memory::desc& weights) {
-  plan.conv = {Primitive(pd), pd.scratchpad_desc()};
-  plan.implementation = pd.impl_info_str();
-  plan.weights = weights;
-}
 
 Step Reorder(const memory::desc& from, const memory::desc& to) {
   dnnl::reorder::primitive_desc pd(Engine(), from, Engine(), to, Attributes());
   return {dnnl::reorder(pd), pd.scratchpad_desc()};
 }
 
-std::unique_ptr<Plan> MakePlan(const Geometry& g) {
+Operand Connect(const memory::desc& user, const memory::desc& primitive, bool result) {
+  Operand operand{user, primitive, user != primitive, {}};
+  if (operand.convert) operand.reorder = result ? Reorder(primitive, user) : Reorder(user, primitive);
+  return operand;
+}
+
+// The primitive for geometry `c` (the computing dtype), its memories connected to the user's geometry `g`.
+std::unique_ptr<Plan> MakePlanAs(const Geometry& g, const Geometry& c) {
   auto plan = std::make_unique<Plan>();
-  auto forward = ForwardDesc(g);
-  if (g.mode == 0) {
-    SetConv<dnnl::convolution_forward>(*plan, forward, forward.weights_desc());
-  } else if (g.mode == 1) {
+  auto forward = ForwardDesc(c);
+  if (c.mode == 0) {
+    plan->conv = {dnnl::convolution_forward(forward), forward.scratchpad_desc()};
+    plan->implementation = forward.impl_info_str();
+    plan->a = Connect(g.images(), forward.src_desc(), false);
+    plan->b = Connect(g.user_weights(), forward.weights_desc(), false);
+    plan->out = Connect(g.outputs(), forward.dst_desc(), true);
+  } else if (c.mode == 1) {
     dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, g.images(), g.any_weights(), g.outputs(), g.strides(),
-        g.dilates(), g.pad_l(), g.pad_r(), forward, Attributes());
-    SetConv<dnnl::convolution_backward_data>(*plan, pd, pd.weights_desc());
+        Engine(), dnnl::algorithm::convolution_direct, c.images(), c.any_weights(), c.outputs(), c.strides(),
+        c.dilates(), c.pad_l(), c.pad_r(), forward, Attributes());
+    plan->conv = {dnnl::convolution_backward_data(pd), pd.scratchpad_desc()};
+    plan->implementation = pd.impl_info_str();
+    plan->a = Connect(g.outputs(), pd.diff_dst_desc(), false);
+    plan->b = Connect(g.user_weights(), pd.weights_desc(), false);
+    plan->out = Connect(g.images(), pd.diff_src_desc(), true);
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, g.images(), g.any_weights(), g.outputs(), g.strides(),
-        g.dilates(), g.pad_l(), g.pad_r(), forward, Attributes());
-    SetConv<dnnl::convolution_backward_weights>(*plan, pd, pd.diff_weights_desc());
+        Engine(), dnnl::algorithm::convolution_direct, c.images(), c.any_weights(), c.outputs(), c.strides(),
+        c.dilates(), c.pad_l(), c.pad_r(), forward, Attributes());
+    plan->conv = {dnnl::convolution_backward_weights(pd), pd.scratchpad_desc()};
+    plan->implementation = pd.impl_info_str();
+    plan->a = Connect(g.images(), pd.src_desc(), false);
+    plan->b = Connect(g.outputs(), pd.diff_dst_desc(), false);
+    plan->out = Connect(g.user_weights(), pd.diff_weights_desc(), true);
   }
-  plan->reorder = plan->weights != g.user_weights();
-  if (plan->reorder) {
-    if (g.mode == 2) {
-      plan->to_user = Reorder(plan->weights, g.user_weights());
-    } else {
-      plan->to_primitive = Reorder(g.user_weights(), plan->weights);
-    }
+  return plan;
+}
+
+// oneDNN 3.2 has bf16 depthwise kernels only for some geometries (not strided gradients, for one); elsewhere it
+// serves bf16 depthwise convolutions from generic grouped kernels that run 3-40x slower than its f32 depthwise ones.
+// Those run as f32 on the bf16 operands, converted (exactly) to f32 and the result rounded to bf16 once: the same
+// numbers as a bf16 kernel with f32 accumulation.
+std::unique_ptr<Plan> MakePlan(const Geometry& g) {
+  auto plan = MakePlanAs(g, g);
+  bool depthwise = g.groups > 1 && g.c == g.groups;
+  if (g.type == memory::data_type::bf16 && depthwise && plan->implementation.find("dw") == std::string::npos) {
+    Geometry f32 = g;
+    f32.type = memory::data_type::f32;
+    plan = MakePlanAs(g, f32);
+    plan->implementation += " (f32 on bf16 operands)";
   }
   return plan;
 }
@@ -156,34 +184,27 @@ void Execute(const Step& step, std::unordered_map<int, memory> args) {
   step.primitive.execute(Stream(), args);
 }
 
+// The primitive's view of a user buffer: the buffer itself, or a fresh one, filled by the reorder for an operand.
+memory Bind(const Operand& operand, void* data, bool result) {
+  memory user(operand.user, Engine(), data);
+  if (!operand.convert) return user;
+  memory converted(operand.primitive, Engine());
+  if (!result) Execute(operand.reorder, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, converted}});
+  return converted;
+}
+
 void Run(const Geometry& g, void* a, void* b, void* out) {
   static std::mutex running;
   std::lock_guard<std::mutex> lock(running);
   const Plan& plan = GetPlan(g);
-  auto& engine = Engine();
-  if (g.mode == 0 || g.mode == 1) {
-    memory kernel(g.user_weights(), engine, b);
-    if (plan.reorder) {
-      memory blocked(plan.weights, engine);
-      Execute(plan.to_primitive, {{DNNL_ARG_FROM, kernel}, {DNNL_ARG_TO, blocked}});
-      kernel = blocked;
-    }
-    if (g.mode == 0) {
-      Execute(plan.conv, {{DNNL_ARG_SRC, memory(g.images(), engine, a)},
-                          {DNNL_ARG_WEIGHTS, kernel},
-                          {DNNL_ARG_DST, memory(g.outputs(), engine, out)}});
-    } else {
-      Execute(plan.conv, {{DNNL_ARG_DIFF_DST, memory(g.outputs(), engine, a)},
-                          {DNNL_ARG_WEIGHTS, kernel},
-                          {DNNL_ARG_DIFF_SRC, memory(g.images(), engine, out)}});
-    }
-  } else {
-    memory user(g.user_weights(), engine, out);
-    memory kernel = plan.reorder ? memory(plan.weights, engine) : user;
-    Execute(plan.conv, {{DNNL_ARG_SRC, memory(g.images(), engine, a)},
-                        {DNNL_ARG_DIFF_DST, memory(g.outputs(), engine, b)},
-                        {DNNL_ARG_DIFF_WEIGHTS, kernel}});
-    if (plan.reorder) Execute(plan.to_user, {{DNNL_ARG_FROM, kernel}, {DNNL_ARG_TO, user}});
+  memory ma = Bind(plan.a, a, false), mb = Bind(plan.b, b, false), mout = Bind(plan.out, out, true);
+  static const int kArgs[3][3] = {{DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST},
+                                  {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC},
+                                  {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS}};
+  const int* args = kArgs[g.mode];
+  Execute(plan.conv, {{args[0], ma}, {args[1], mb}, {args[2], mout}});
+  if (plan.out.convert) {
+    Execute(plan.out.reorder, {{DNNL_ARG_FROM, mout}, {DNNL_ARG_TO, memory(plan.out.user, Engine(), out)}});
   }
   Stream().wait();
 }
