@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.models.registry import check_images
+from cnn_jax.ops.checks import check_images
 
 Array = jnp.ndarray
 LogitsFn = Callable[[Array], Array]

@@ -4,6 +4,6 @@ Every model maps NHWC float images in [0, 1] to logits, normalizes its input its
 feature maps into the "intermediates" collection (``"features"`` is the last convolutional map).
 """
 from cnn_jax.models import airbench, efficientnet_lite, mlp, mobilenet_v2, resnet, resnet_cifar, small_cnns  # noqa: F401  (registers)
-from cnn_jax.models.registry import ModelSpec, check_images, get_model, list_models, model_spec, register
+from cnn_jax.models.registry import ModelSpec, get_model, list_models, model_spec, register
 
-__all__ = ["ModelSpec", "check_images", "get_model", "list_models", "model_spec", "register"]
+__all__ = ["ModelSpec", "get_model", "list_models", "model_spec", "register"]

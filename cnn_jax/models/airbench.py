@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from cnn_jax import ops
 from cnn_jax.layers import Conv, ConvBN, Normalize
-from cnn_jax.models.registry import check_images, register
+from cnn_jax.models.registry import register
+from cnn_jax.ops.checks import check_images
 
 Array = jnp.ndarray
 Dtype = Any

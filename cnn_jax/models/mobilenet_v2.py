@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from cnn_jax import ops
 from cnn_jax.layers import ConvBN, InvertedResidual, Normalize
-from cnn_jax.models.registry import check_images, register
+from cnn_jax.models.registry import register
+from cnn_jax.ops.checks import check_images
 
 MIN_SIZE = 32  # the network downsamples by 32
 

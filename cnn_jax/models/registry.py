@@ -5,7 +5,6 @@ import dataclasses
 from typing import Callable, Dict, List, Tuple
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,15 +51,3 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     return spec.build(num_classes, **kwargs)
-
-
-def check_images(x: jnp.ndarray, model: str, min_size: int) -> None:
-    """Raises a clear error for inputs a model cannot take: wrong rank, non-float dtype, too small."""
-    if x.ndim != 4:
-        raise ValueError(f"{model} expects a batch of NHWC images (rank 4), got shape {x.shape}; "
-                         "for one image use images[None]")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{model} expects float images in [0, 1], got dtype {x.dtype}; "
-                         "convert uint8 pixels with images.astype('float32') / 255")
-    if min(x.shape[1:3]) < min_size:
-        raise ValueError(f"{model} needs images of at least {min_size}x{min_size} pixels, got {x.shape[1]}x{x.shape[2]}")

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from cnn_jax import ops
 from cnn_jax.layers import Bottleneck, ConvBN, Normalize, ResidualBlock
-from cnn_jax.models.registry import check_images, register
+from cnn_jax.models.registry import register
+from cnn_jax.ops.checks import check_images
 
 MIN_SIZE = 32  # the network downsamples by 32: smaller images leave the last stage under one pixel of content
 BLOCKS = ("basic", "bottleneck")

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from cnn_jax.layers import ConvBN, Normalize, ResidualBlock
 from cnn_jax.models.mlp import MLPHead
-from cnn_jax.models.registry import check_images, register
+from cnn_jax.models.registry import register
+from cnn_jax.ops.checks import check_images
 
 Dtype = Any
 

@@ -2,6 +2,7 @@
 
 Everything here is jit, grad and vmap safe and knows nothing of modules, data or training.
 """
+from cnn_jax.ops.checks import check_images
 from cnn_jax.ops.arithmetic import LayerGeometry, ReceptiveField, conv_output_size, count_params, receptive_field
 from cnn_jax.ops.conv import conv2d, conv2d_reference
 from cnn_jax.ops.padding import same_padding
@@ -9,7 +10,7 @@ from cnn_jax.ops.pooling import avg_pool, global_avg_pool, global_max_pool, max_
 from cnn_jax.ops.whitening import image_patches, patch_whitening_kernel
 
 __all__ = [
-    "LayerGeometry", "ReceptiveField", "avg_pool", "conv2d", "conv2d_reference", "conv_output_size",
+    "LayerGeometry", "ReceptiveField", "avg_pool", "check_images", "conv2d", "conv2d_reference", "conv_output_size",
     "count_params", "global_avg_pool", "global_max_pool", "image_patches", "max_pool", "patch_whitening_kernel",
     "receptive_field", "same_padding",
 ]
