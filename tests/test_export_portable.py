@@ -36,10 +36,16 @@ def load(dataset, *, image_size=None, num_train_examples=512, batch_size=64):
                                      num_train_examples=num_train_examples))
 
 
-def train_and_export(workdir, model_name, ds, steps, learning_rate=1e-3, **model_kwargs) -> str:
-    """A few Adam steps of ``model_name`` on ``ds``'s training batches, then the workdir export: a short run."""
+def train_and_export(workdir, model_name, ds, steps, learning_rate=1e-3, initial=None, **model_kwargs) -> str:
+    """A few Adam steps of ``model_name`` on ``ds``'s training batches, then the workdir export: a short run.
+    ``initial`` (pretrained variables) replaces every initialized array of the same name and shape."""
     model = get_model(model_name, ds.info.num_classes, **model_kwargs)
     variables = model.init(jax.random.key(0), np.zeros((1, *ds.info.image_shape), np.float32))
+    if initial is not None:
+        given = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(initial)[0]}
+        variables = jax.tree_util.tree_map_with_path(
+            lambda p, v: given[jax.tree_util.keystr(p)]
+            if np.shape(given.get(jax.tree_util.keystr(p))) == np.shape(v) else v, variables)
     optimizer = optax.adam(learning_rate)
     state = (variables, optimizer.init(variables["params"]))
 
