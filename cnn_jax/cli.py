@@ -9,7 +9,8 @@ arms). The settings themselves stay in the library's dataclasses; only this modu
 entry points touch absl.
 
 Types: bool, int, float, str, `Literal[...]` (an enum flag), `tuple[str, ...]` (a comma-separated
-list), `tuple[int, int]` (a size: `224` or `224,160`), each also `Optional`.
+list), `tuple[int, int]` (a size: `224` or `224,160`), `tuple[float, float]` (`0.08,1`), each also
+`Optional`.
 """
 from __future__ import annotations
 
@@ -22,28 +23,31 @@ from absl import flags
 from cnn_jax import settings
 
 
-class SizeParser(flags.ArgumentParser):
-    """`224` as (224, 224), `224,160` as (224, 160): a height and width in pixels."""
+class PairParser(flags.ArgumentParser):
+    """Two numbers as `a,b`; for sizes a single `N` means (N, N)."""
+
+    def __init__(self, element: type, square: bool):
+        self.element, self.square = element, square
 
     def parse(self, argument):
         if argument is None or isinstance(argument, tuple):
             return argument
-        parts = [p.strip() for p in str(argument).split(",")]
+        hint = "N (square) or H,W in pixels" if self.square else "two numbers as a,b"
         try:
-            sizes = tuple(int(p) for p in parts)
+            values = tuple(self.element(p.strip()) for p in str(argument).split(","))
         except ValueError:
-            raise ValueError(f"{argument!r} is not a size: use N (square) or H,W in pixels") from None
-        if len(sizes) == 1:
-            sizes = sizes * 2
-        if len(sizes) != 2:
-            raise ValueError(f"{argument!r} is not a size: use N (square) or H,W in pixels")
-        return sizes
+            raise ValueError(f"{argument!r} is not {hint}") from None
+        if len(values) == 1 and self.square:
+            values = values * 2
+        if len(values) != 2:
+            raise ValueError(f"{argument!r} is not {hint}")
+        return values
 
     def flag_type(self):
-        return "size"
+        return "size" if self.square else "pair"
 
 
-class SizeSerializer(flags.ArgumentSerializer):
+class PairSerializer(flags.ArgumentSerializer):
     def serialize(self, value):
         return "" if value is None else ",".join(str(v) for v in value)
 
@@ -95,9 +99,9 @@ def _define(name: str, annotation, default, help_text: str, flag_values) -> None
     elif origin is tuple and args == (str, Ellipsis):
         flags.DEFINE_list(name, list(default) if default is not None else None, help_text,
                           flag_values=flag_values)
-    elif origin is tuple and args == (int, int):
-        flags.DEFINE(SizeParser(), name, default, help_text, flag_values=flag_values,
-                     serializer=SizeSerializer())
+    elif origin is tuple and args in ((int, int), (float, float)):
+        flags.DEFINE(PairParser(args[0], square=args[0] is int), name, default, help_text,
+                     flag_values=flag_values, serializer=PairSerializer())
     else:
         raise TypeError(f"setting {name!r} has type {annotation!r}, which has no flag type here")
 

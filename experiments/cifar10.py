@@ -24,7 +24,7 @@ def recipe() -> common.Experiment:
         train=common.TrainConfig(epochs=30, learning_rate=0.1, optimizer="nesterov", schedule="onecycle",
                                  warmup_epochs=5, weight_decay=5e-4, label_smoothing=0.1,
                                  test_time_flip=True),
-        augment=("crop", "flip"))
+        augmentation=common.AugmentConfig(("crop", "flip")))
 
 
 if __name__ == "__main__":

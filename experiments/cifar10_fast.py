@@ -46,7 +46,7 @@ def recipe() -> FastExperiment:
         train=common.TrainConfig(epochs=40, learning_rate=0.1, optimizer="nesterov", schedule="onecycle",
                                  warmup_epochs=6, weight_decay=5e-4, label_smoothing=0.1, test_time_flip=True,
                                  test_time_shift=1, eval_every_epochs=4),
-        augment=("crop", "flip"), crop_padding=4)
+        augmentation=common.AugmentConfig(("crop", "flip"), crop_padding=4))
 
 
 def run(config: FastExperiment) -> dict:

@@ -26,7 +26,7 @@ from absl import app  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from cnn_jax import cli, settings  # noqa: E402
-from cnn_jax.data import DataConfig  # noqa: E402
+from cnn_jax.data import AugmentConfig, DataConfig  # noqa: E402
 from cnn_jax.settings import NOT_A_FLAG, bookkeeping  # noqa: E402
 from cnn_jax.train.config import TrainConfig  # noqa: E402
 
@@ -72,17 +72,15 @@ class Training:
       data: the dataset, its splits and batches.
       train: the optimizer, schedule, regularization and bookkeeping of the engine.
       run: where and how the command runs.
+      augmentation: the train step's augmentations and their settings.
       half_precision: compute in bfloat16 (params, optimizer state and the loss stay float32).
-      augment: augmentations in order, from crop, flip, cutout; empty for none.
-      crop_padding: pixels a random crop may shift an image by (zero padding on each side).
       model_kwargs: extra keyword arguments of the model's constructor (a study's arms).
     """
     data: DataConfig
     train: TrainConfig = TrainConfig()
     run: Run = Run()
+    augmentation: AugmentConfig = AugmentConfig()
     half_precision: bool = False
-    augment: tuple[str, ...] = ()
-    crop_padding: int = 4
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={NOT_A_FLAG: True})
 
 
@@ -180,7 +178,6 @@ def run(config: Experiment, fine_tuning_for: Optional[Callable] = None,
     from cnn_jax import data, models
 
     setup(config.run)
-    data.make_augment(config.augment, crop_padding=config.crop_padding)
     models.model_spec(config.model)
     check_batch_sizes(config.data)
     with claim(config, config.run.workdir, extra) as record:
@@ -263,7 +260,7 @@ def train(config: Training, dataset, model_name: str, model_kwargs: dict, record
         workdir_lib.write_settings(workdir, record)
     dtype = jax.numpy.bfloat16 if config.half_precision else jax.numpy.float32
     model = models.get_model(model_name, dataset.info.num_classes, **model_kwargs, dtype=dtype)
-    augment = data.make_augment(config.augment, crop_padding=config.crop_padding)
+    augment = data.build_augment(config.augmentation)
     outcome = engine.train_and_evaluate(model, dataset, config.train, workdir,
                                         augment=augment, start_time=start_time, fine_tuning=fine_tuning)
     results = {**outcome.results, "flags": record}

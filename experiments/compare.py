@@ -89,7 +89,7 @@ _MLP_CIFAR10 = common.Experiment(
     model="mlp", data=common.DataConfig("cifar10", batch_size=128, eval_batch_size=1000),
     train=common.TrainConfig(epochs=30, learning_rate=1e-3, optimizer="adam", schedule="onecycle",
                              warmup_epochs=5, label_smoothing=0.1),
-    augment=("flip",))
+    augmentation=common.AugmentConfig(("flip",)))
 # Without BatchNorm alexnet_mini learns slower at the recipe's peak of 0.1: 24.9% against 35.9% at 0.02 after
 # `python -m experiments.cifar10 --model=alexnet_mini --learning_rate=... --num_train_examples=10000 --epochs=2
 # --warmup_epochs=0.4` (lenet5, also without it, did better at 0.1: 40.0% against 37.4%).
@@ -179,7 +179,6 @@ def run(config: Comparison, given: Optional[Mapping[str, Any]] = None) -> dict:
         arm_config = arm_recipe(study, arm, given)
         workdir = os.path.join(config.run.workdir, arm.name)
         arm_config = settings.replace(arm_config, workdir=workdir)
-        data.make_augment(arm_config.augment, crop_padding=arm_config.crop_padding)
         common.check_batch_sizes(arm_config.data)
         plan = _Plan(arm, workdir, arm_config, {"study": study.name, "arm": arm.name})
         common.check_workdir(plan.config, workdir, plan.extra)

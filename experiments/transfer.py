@@ -79,7 +79,7 @@ def recipe() -> TransferExperiment:
     return TransferExperiment(
         data=common.DataConfig("tf_flowers", batch_size=32, eval_batch_size=64),
         train=common.TrainConfig(epochs=5, learning_rate=1e-3, optimizer="adam", schedule="cosine"),
-        augment=("crop", "flip"))
+        augmentation=common.AugmentConfig(("crop", "flip")))
 
 
 def _check_modes(config: TransferExperiment) -> None:
@@ -101,7 +101,6 @@ def run(config: TransferExperiment) -> dict:
     common.setup(config.run)
     spec = pretrained.pretrained_spec(config.backbone)
     _check_modes(config)
-    data.make_augment(config.augment, crop_padding=config.crop_padding)
     common.check_batch_sizes(config.data)
     size = config.data.image_size or (spec.image_size, spec.image_size)
     config = settings.replace(config, image_size=size)  # the size in force, which visualize.py reads back

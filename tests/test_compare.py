@@ -98,7 +98,7 @@ def test_arm_recipe_is_the_recipe_at_the_study_epochs_unless_given():
     mlp, cnn3, _ = study.arms
     config = compare.arm_recipe(study, cnn3, {})  # cifar10.recipe(): 30 epochs, 5 of warmup, nesterov
     assert (config.train.epochs, config.train.warmup_epochs, config.train.optimizer) == (10, 5 * 10 / 30, "nesterov")
-    assert config.augment == ("crop", "flip") and config.data.dataset == "cifar10"
+    assert config.augmentation.augment == ("crop", "flip") and config.data.dataset == "cifar10"
     assert compare.arm_recipe(study, mlp, {}).train.optimizer == "adam"
     config = compare.arm_recipe(study, cnn3, {"epochs": 1, "learning_rate": 0.01})
     assert (config.train.epochs, config.train.warmup_epochs, config.train.learning_rate) == (1, 5 / 30, 0.01)

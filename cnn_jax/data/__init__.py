@@ -12,7 +12,9 @@ The names below are imported on first access (module ``__getattr__``), so a call
 import importlib
 
 _SOURCES = {
-    "augment": ("AUGMENTATIONS", "cutout", "make_augment", "random_crop", "random_flip"),
+    "augment": ("AUGMENTATIONS", "POLICY_OPS", "AugmentConfig", "build_augment", "cutout", "make_augment",
+                "policy_magnitudes", "randaugment", "random_crop", "random_flip", "random_resized_crop",
+                "trivialaugment"),
     "dataset": ("EVAL_SPLITS", "TEST_FRACTION", "DataConfig", "Dataset", "DatasetInfo", "from_arrays",
                 "is_folder_path", "load", "process_eval_batches", "process_train_batches"),
     "image_folder": ("ImageFolder", "UnreadableImageError", "read_image", "read_image_folder"),

@@ -5,6 +5,8 @@ round trip. Images are NHWC floats in [0, 1] and keep their shape and range.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Callable, Optional, Sequence
 
@@ -306,45 +308,78 @@ def _check_policy(num_ops: int, magnitude: int, num_bins: int) -> None:
 AUGMENTATIONS = ("crop", "flip", "cutout", "random_resized_crop", "randaugment", "trivialaugment")
 
 
-def make_augment(names: Sequence[str], *, crop_padding: int = 4, cutout_size: int = 8,
-                 resized_crop_scale: Sequence[float] = (0.08, 1.0),
-                 resized_crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 randaugment_ops: int = 2, randaugment_magnitude: int = 9,
-                 magnitude_bins: int = 31) -> Optional[Augment]:
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """The augmentations of the train step and their settings, checked when built.
+
+    Attributes:
+      augment: augmentations in order, from crop, flip, cutout, random_resized_crop, randaugment,
+        trivialaugment; empty for none.
+      crop_padding: pixels a random crop may shift an image by (zero padding on each side).
+      cutout_size: side of cutout's square, in pixels.
+      resized_crop_scale: random_resized_crop's (min, max) fraction of the image area.
+      resized_crop_ratio: random_resized_crop's (min, max) aspect ratio.
+      randaugment_ops: RandAugment's ops per image.
+      randaugment_magnitude: RandAugment's magnitude, a bin in [0, magnitude_bins).
+      magnitude_bins: bins of RandAugment's and TrivialAugment's magnitudes.
+    """
+    augment: tuple[str, ...] = ()
+    crop_padding: int = 4
+    cutout_size: int = 8
+    resized_crop_scale: tuple[float, float] = (0.08, 1.0)
+    resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    magnitude_bins: int = 31
+
+    def __post_init__(self):
+        names = self.augment
+        if isinstance(names, str):
+            raise ValueError(f"augmentations are a sequence of names such as ['crop', 'flip'], got the string "
+                             f"{names!r}")
+        object.__setattr__(self, "augment", tuple(names))
+        unknown = [name for name in names if name not in AUGMENTATIONS]
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {unknown}; valid names are {AUGMENTATIONS}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"augmentation names repeat in {list(names)}; give each at most once")
+        if "random_resized_crop" in names:
+            _check_resized_crop(self.resized_crop_scale, self.resized_crop_ratio)
+        if "randaugment" in names:
+            _check_policy(self.randaugment_ops, self.randaugment_magnitude, self.magnitude_bins)
+        if "trivialaugment" in names:
+            _check_policy(1, 0, self.magnitude_bins)
+
+
+def make_augment(names: Sequence[str], **settings) -> Optional[Augment]:
     """Composes the named augmentations in the order given; None when ``names`` is empty.
 
-    Valid names: "crop" (``random_crop`` with ``crop_padding``), "flip" (``random_flip``),
-    "cutout" (``cutout`` with ``cutout_size``), "random_resized_crop" (with
-    ``resized_crop_scale`` and ``resized_crop_ratio``), "randaugment" (``randaugment_ops`` ops at
-    bin ``randaugment_magnitude`` of ``magnitude_bins``) and "trivialaugment" (over
+    ``settings`` are the other fields of ``AugmentConfig`` (which checks them): "crop"
+    (``random_crop`` with ``crop_padding``), "flip" (``random_flip``), "cutout" (``cutout`` with
+    ``cutout_size``), "random_resized_crop" (with ``resized_crop_scale`` and
+    ``resized_crop_ratio``), "randaugment" (``randaugment_ops`` ops at bin
+    ``randaugment_magnitude`` of ``magnitude_bins``) and "trivialaugment" (over
     ``magnitude_bins``). Each gets its own key split from ``rng``.
     """
-    if isinstance(names, str):
-        raise ValueError(f"make_augment takes a sequence of names such as ['crop', 'flip'], got the string {names!r}")
-    unknown = [name for name in names if name not in AUGMENTATIONS]
-    if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown}; valid names are {AUGMENTATIONS}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"augmentation names repeat in {list(names)}; give each at most once")
-    if not names:
+    return build_augment(AugmentConfig(names, **settings))
+
+
+def build_augment(config: AugmentConfig) -> Optional[Augment]:
+    """The train step's augmentation function of ``config``; None when it names none."""
+    if not config.augment:
         return None
-    if "random_resized_crop" in names:
-        _check_resized_crop(resized_crop_scale, resized_crop_ratio)
-    if "randaugment" in names:
-        _check_policy(randaugment_ops, randaugment_magnitude, magnitude_bins)
-    if "trivialaugment" in names:
-        _check_policy(1, 0, magnitude_bins)
+    c = config
     by_name = {
-        "crop": lambda rng, x: random_crop(rng, x, crop_padding),
+        "crop": lambda rng, x: random_crop(rng, x, c.crop_padding),
         "flip": random_flip,
-        "cutout": lambda rng, x: cutout(rng, x, cutout_size),
-        "random_resized_crop": lambda rng, x: random_resized_crop(rng, x, resized_crop_scale,
-                                                                  resized_crop_ratio),
-        "randaugment": lambda rng, x: randaugment(rng, x, randaugment_ops, randaugment_magnitude,
-                                                  magnitude_bins),
-        "trivialaugment": lambda rng, x: trivialaugment(rng, x, magnitude_bins),
+        "cutout": lambda rng, x: cutout(rng, x, c.cutout_size),
+        "random_resized_crop": lambda rng, x: random_resized_crop(rng, x, c.resized_crop_scale,
+                                                                  c.resized_crop_ratio),
+        "randaugment": lambda rng, x: randaugment(rng, x, c.randaugment_ops, c.randaugment_magnitude,
+                                                  c.magnitude_bins),
+        "trivialaugment": lambda rng, x: trivialaugment(rng, x, c.magnitude_bins),
     }
-    steps = [by_name[name] for name in names]
+    steps = [by_name[name] for name in c.augment]
 
     def augment(rng: jax.Array, images: jax.Array) -> jax.Array:
         for step, key in zip(steps, jax.random.split(rng, len(steps))):

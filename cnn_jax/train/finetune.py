@@ -163,7 +163,7 @@ class FineTuning:
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                            rng=jax.random.key_data(state_key),
-                           apply_fn=frozen_apply(model, self.frozen), tx=tx)
+                           apply_fn=frozen_apply(model, self.frozen), tx=tx).with_ema(config.ema_decay)
         return state if sharding is None else jax.device_put(state, sharding)
 
 

@@ -173,7 +173,7 @@ class _Run:
         self.on_batch, on_all = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
         if fine_tuning is None:
             state = create_train_state(model, make_optimizer(config, self.steps_per_epoch),
-                                       info.image_shape, config.seed, on_all)
+                                       info.image_shape, config.seed, on_all, ema_decay=config.ema_decay)
         else:
             state = fine_tuning.train_state(model, config, self.steps_per_epoch, info.image_shape, on_all)
         self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
@@ -189,7 +189,9 @@ class _Run:
                                    write=chief)
         class_weights = (balanced_class_weights(dataset.train_class_counts()) if config.class_weights
                          else None)
-        self.train_step = jax.jit(make_train_step(augment, config.label_smoothing, class_weights),
+        step = make_train_step(augment, config.label_smoothing, class_weights, mixup_alpha=config.mixup_alpha,
+                               cutmix_alpha=config.cutmix_alpha, mixup_switch_prob=config.mixup_switch_prob)
+        self.train_step = jax.jit(step,
                                   in_shardings=(on_all, self.on_batch), out_shardings=(on_all, on_all),
                                   donate_argnums=0)
         self.evaluate = _make_evaluator(dataset, mesh, self.on_batch, on_all, config)
