@@ -18,7 +18,7 @@ from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
+from absl import app, logging  # noqa: E402
 
 from cnn_jax import cli  # noqa: E402
 
@@ -76,6 +76,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: everything is given by flags")
     settings = cli.parse(ExportSettings())
+    logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every asset at INFO
     from cnn_jax import data, export
 
     try:
