@@ -211,3 +211,79 @@ def test_a_figure_that_fails_is_logged_and_skipped_after_results_and_export(tmp_
     assert "figure per_class_accuracy.png skipped: RuntimeError: no display" in caplog.text
     # The class name with TeX-like "$...^$" draws as plain text instead of failing the confusion matrix.
     assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.png", "predictions.png", "training_curves.png"]
+
+
+# --- image folders ------------------------------------------------------------------------------------------
+
+def _folder(root, images_per_class=3, classes=("cat", "dog"), size=(12, 10)):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(images_per_class):
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(os.path.join(root, name, f"{i}.png"))
+    return root
+
+
+def test_a_relative_folder_path_is_read_as_a_folder_not_a_tfds_name(tmp_path, monkeypatch):
+    from cnn_jax import data
+
+    _folder(tmp_path / "photos" / "pets", images_per_class=5)
+    monkeypatch.chdir(tmp_path)
+    dataset = data.load(data.DataConfig("photos/pets", image_size=(8, 8), batch_size=2))
+    assert dataset.info.class_names == ("cat", "dog")
+    assert "does not exist" in main_error("mnist", f"--workdir={tmp_path / 'w'}", "--dataset=photos/birds",
+                                          "--image_size=8")
+
+
+def test_a_folder_of_two_images_leaves_no_test_example_and_says_so(tmp_path):
+    _folder(tmp_path / "tiny", images_per_class=1)
+    message = main_error("mnist", f"--workdir={tmp_path / 'w'}", f"--dataset={tmp_path / 'tiny'}", "--image_size=8",
+                         "--batch_size=1", "--model=simple_cnn")
+    assert "leaves no test example" in message and "give it at least" in message
+
+
+def test_sixteen_bit_pngs_read_as_their_eight_bit_pixels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cnn_jax import data
+
+    deep = (np.arange(16 * 16).reshape(16, 16) * 255).astype(np.uint16)  # 16-bit gray, full range
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    image = data.read_image(str(tmp_path / "deep.png"), (16, 16), channels=1)
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 0], (deep >> 8).astype(np.uint8))
+
+
+def test_a_decompression_bomb_is_skipped_and_counted_without_being_decoded(tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    from cnn_jax import data
+    from cnn_jax.data import image_folder
+
+    root = _folder(tmp_path / "pets", images_per_class=5)
+    Image.fromarray(np.zeros((9000, 8000), np.uint8)).save(root / "cat" / "bomb.png")  # 72 MPixel of zeros
+    assert (root / "cat" / "bomb.png").stat().st_size < 200_000
+    with caplog.at_level(logging.WARNING):
+        folder = image_folder.read_image_folder(str(root), (8, 8))
+    assert len(folder.labels) == 10 and [os.path.basename(p) for p in folder.skipped] == ["bomb.png"]
+    with pytest.raises(data.UnreadableImageError, match="claims 8000x9000 pixels, over the"):
+        data.read_image(str(root / "cat" / "bomb.png"), (8, 8))
+
+
+def test_file_names_that_are_not_utf8_are_read_and_such_class_names_refused(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cnn_jax.data import image_folder
+
+    root = _folder(tmp_path / "pets", images_per_class=4)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.fsencode(root / "cat") + b"/caf\xe9.png")  # latin-1 name
+    assert len(image_folder.read_image_folder(str(root), (8, 8)).labels) == 9
+    os.makedirs(os.fsencode(root) + b"/b\xe9b\xe9")
+    with pytest.raises(ValueError, match=r"class folder b'b.xe9b.xe9' in .* is not valid UTF-8.*rename the folder"):
+        image_folder.read_image_folder(str(root), (8, 8))

@@ -284,6 +284,10 @@ def _split(config: DataConfig, num_train: int, num_test: Optional[int]) -> dict[
             raise ValueError(f"num_train_examples={config.num_train_examples} exceeds the {len(train)} "
                              f"train examples left after the validation hold-out; lower it or set it to None")
         train = train[np.sort(rng.permutation(len(train))[:config.num_train_examples])]
+    if len(test[1]) == 0:
+        raise ValueError(f"dataset {config.dataset!r} leaves no test example ({num_train} train examples, of which "
+                         f"{TEST_FRACTION:.0%} are held out for testing when it has no test split): give it at least "
+                         f"{int(np.ceil(0.5 / TEST_FRACTION))} images, and a few per class for a meaningful score")
     if len(train) < config.batch_size:
         raise ValueError(f"batch_size={config.batch_size} exceeds the {len(train)} train examples; "
                          f"lower batch_size so an epoch has at least one step")
@@ -335,9 +339,12 @@ def from_arrays(config: DataConfig, class_names, train: tuple[np.ndarray, np.nda
 
 
 def is_folder_path(dataset: str) -> bool:
-    """Whether ``dataset`` names a folder (an existing one, or a path: absolute or starting with "." or "~")
-    rather than a tfds name."""
-    return os.path.isabs(dataset) or dataset.startswith((".", "~")) or os.path.isdir(dataset)
+    """Whether ``dataset`` names a folder rather than a tfds name: an existing folder, an absolute path, one
+    starting with "." or "~", or a relative path whose first part is a folder here ("photos/flowers"; tfds
+    names such as "mnist/3.0.1" have no folder "mnist" beside them)."""
+    first = dataset.split(os.sep)[0]
+    return (os.path.isabs(dataset) or dataset.startswith((".", "~")) or os.path.isdir(dataset)
+            or (os.sep in dataset and os.path.isdir(first)))
 
 
 def _streams(config: DataConfig, examples: int, image_shape, what: str) -> bool:

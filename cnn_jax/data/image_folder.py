@@ -50,9 +50,44 @@ def _visible(names) -> list[str]:
     return sorted(name for name in names if not name.startswith("."))
 
 
+def _check_utf8(name: str, root: str) -> str:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"class folder {os.fsencode(name)!r} in {root} is not valid UTF-8, and class names go into "
+                         "results and exports as text: rename the folder") from None
+    return name
+
+
+def tf_paths(paths) -> np.ndarray:
+    """File paths as the bytes the OS names them by, so that TensorFlow opens names that are not UTF-8 too."""
+    return np.asarray([os.fsencode(p) for p in paths], dtype=object)
+
+
+MAX_PIXELS = 64 << 20  # 64 MPixel (8192x8192): a larger image is refused before decoding, as a decompression bomb
+
+
+def _pixel_problem(path: str) -> Optional[str]:
+    """Why ``path`` must not be decoded (its header claims more than MAX_PIXELS), or None.
+
+    Reads only the header (Pillow opens lazily): a few KB of PNG can claim gigapixels of zeros.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 -- not for Pillow to judge: TensorFlow's decode reports unreadable files
+        return None
+    if width * height > MAX_PIXELS:
+        return f"its header claims {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)"
+    return None
+
+
 def _class_files(root: str) -> tuple[tuple[str, ...], list[str], list[int]]:
     """Class names, and every file path below the class folders with its class index, in a fixed order."""
-    class_names = tuple(name for name in _visible(os.listdir(root)) if os.path.isdir(os.path.join(root, name)))
+    class_names = tuple(_check_utf8(name, root) for name in _visible(os.listdir(root))
+                        if os.path.isdir(os.path.join(root, name)))
     if len(class_names) < 2:
         raise ValueError(f"image folder {root} has {len(class_names)} class subfolder(s) {list(class_names)}; "
                          "a classifier needs at least 2: put each class's images in a subfolder named after it "
@@ -101,7 +136,10 @@ def _decoded_in_order(paths, image_size, channels, keep_pixels: bool):
         image = _decode(tf, tf.io.read_file(path), image_size, channels)
         return (image if keep_pixels else tf.reduce_max(image)), index  # a value that needs the decode
 
-    files = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
+    within = [i for i, path in enumerate(paths) if _pixel_problem(path) is None]  # bombs count as unreadable
+    if not within:
+        return iter(())
+    files = tf.data.Dataset.from_tensor_slices((tf_paths([paths[i] for i in within]), np.asarray(within, np.int64)))
     decoded = files.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
     return decoded.batch(_DECODE_BATCH).as_numpy_iterator()
 
@@ -179,8 +217,11 @@ def read_image(path: str, image_size: Sequence[int], channels: int = 3) -> np.nd
     """
     tf, _ = tfds_source.import_tfds()
     image_size = _check_size(image_size, "read_image")
+    problem = _pixel_problem(path)
+    if problem:
+        raise UnreadableImageError(path, problem)
     try:
-        return _decode(tf, tf.io.read_file(path), image_size, channels).numpy()
+        return _decode(tf, tf.io.read_file(os.fsencode(path)), image_size, channels).numpy()
     except (tf.errors.OpError, ValueError) as error:
         reason = _TF_NOISE.sub("", getattr(error, "message", str(error))).strip()
         raise UnreadableImageError(path, f"not a readable {FORMATS} image ({reason})") from None

@@ -55,7 +55,7 @@ class FolderSource:
         if not len(rows):
             return iter(())
         tf, _ = tfds_source.import_tfds()
-        files = tf.data.Dataset.from_tensor_slices((self._paths[rows].astype(str), self._labels[rows]))
+        files = tf.data.Dataset.from_tensor_slices((image_folder.tf_paths(self._paths[rows]), self._labels[rows]))
         return _numpy_batches(tf, files, lambda path, label: (
             image_folder.decode_file(tf, path, self._image_size, self._channels), label), size)
 

@@ -63,7 +63,8 @@ def _builder(tfds, name: str, data_dir: Optional[str]):
     except tfds.core.DatasetNotFoundError:
         raise ValueError(
             f"dataset {name!r} is not a tensorflow-datasets name; see tfds.list_builders() "
-            f"(tested here: {', '.join(TESTED_DATASETS)})") from None
+            f"(tested here: {', '.join(TESTED_DATASETS)}), nor a folder: {os.path.abspath(name)} does not "
+            "exist (an image folder is a path to a folder with one subfolder per class)") from None
     if builder.is_prepared():
         return builder
     try:
