@@ -565,3 +565,17 @@ def test_whitening_eps_damps_the_weakest_components_most():
 def test_whitening_rejects_bad_input_clearly(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_receptive_field_takes_dicts_and_names_bad_layers():
+    from cnn_jax.ops import LayerGeometry
+
+    receptive_field = ops.receptive_field
+    as_dicts = receptive_field([{"kernel": 3, "stride": 2, "padding": 1}, {"kernel": 3, "dilation": 2}])
+    assert as_dicts == receptive_field([LayerGeometry(3, 2, 1), LayerGeometry(3, 1, 0, 2)])
+    with pytest.raises(ValueError, match=r"layer 0 is \{'kernal': 3\}, not a layer geometry.*keys from kernel"):
+        receptive_field([{"kernal": 3}])
+    with pytest.raises(ValueError, match="layer 1 has stride=0: it must be an integer >= 1"):
+        receptive_field([(3, 1), (3, 0)])
+    with pytest.raises(ValueError, match="layer 0 has kernel='3'"):
+        receptive_field([("3", 1)])

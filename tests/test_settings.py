@@ -166,3 +166,12 @@ def test_every_documented_command_passes_flags_its_experiment_defines(document, 
     argv = [a.split("=", 1)[0] + "=x" if a.endswith("=") and "workdir" in a else a for a in argv]
     values(["prog", *[a for a in argv if not re.search(r"=(\.\.\.|<|\$|N\b|ARM)", a)]])  # placeholders
     cli.parse(recipe, values)  # a documented command whose values the config refuses fails here
+
+
+def test_every_test_the_readme_cites_exists():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        cited = set(re.findall(r"(test_\w+\.py)::(test_\w+)", f.read()))
+    assert len(cited) > 30
+    for file, name in sorted(cited):
+        with open(os.path.join(ROOT, "tests", file), encoding="utf-8") as f:
+            assert re.search(rf"^def {name}\(", f.read(), re.MULTILINE), f"{file}::{name}"
