@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -121,10 +122,12 @@ def test_cifar10_script_end_to_end_with_validation(tmp_path):
 
 
 def test_killed_run_resumes_with_the_same_command(tmp_path):
-    """kill -9 mid-training, then the same command again: it resumes and completes.
+    """kill -9 mid-training (as a checkpoint is being written), the same command again killed during the
+    export, then once more: it resumes and completes with the evaluations of an uninterrupted run.
 
     That a resumed run ends with the parameters of an uninterrupted one is tested in-process in
-    test_train.py; this test adds a real crash, with checkpoint writes possibly cut short.
+    test_train.py; this test adds real crashes, with checkpoint and export writes cut short.
+    scripts/kill_resume.py does the same at random points, five times.
     """
     data_dir = write_generated_tfds(str(tmp_path / "tfds"), "mnist", num_train=320)
     workdir = tmp_path / "killed"
@@ -141,9 +144,21 @@ def test_killed_run_resumes_with_the_same_command(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (workdir / "results.json").exists()
 
+    # Resumed, then killed again as soon as results.json exists: during the export that follows it.
+    with subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stderr:
+            if "resuming from step" in line:
+                break
+        while proc.poll() is None and not (workdir / "results.json").exists():
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait(timeout=60)
     resumed = run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step" in resumed.stderr
+    from cnn_jax import export
+
+    export.load_export(str(workdir))  # complete, whatever the kill cut short
     check_workdir(workdir, 4, {"epochs": 4})
     with open(workdir / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
