@@ -6,7 +6,8 @@ For each model, a randomly initialized export (speed does not depend on the weig
 workdir with every format (``cnn_jax.export.portable``). Each runtime is then measured in a fresh child process:
 latency at batch 1 (median of ``--latency_runs`` calls after warm-up) and throughput at batch 64 (images/s over
 at least ``--min_seconds``), with PyTorch eager (``scripts/bench_lib/torch_runner``'s mirror of the model, NCHW,
-``model.eval()`` under ``torch.inference_mode()``) as the reference. Start-up is the wall time of a whole
+``model.eval()`` under ``torch.inference_mode()``) as the reference, on every core (``torch``) and on one
+(``torch_1thread``: on a shared machine OpenMP's threads wait for each other when one is descheduled). Start-up is the wall time of a whole
 ``scripts/predict.py`` process that classifies one image with that runtime. One JSON object per line goes to
 ``--out``, and a table to stdout.
 """
@@ -28,7 +29,8 @@ from absl import app  # noqa: E402
 from cnn_jax import cli  # noqa: E402
 
 SHAPES = {"simple_cnn": (28, 28, 1), "resnet20": (32, 32, 3), "mobilenet_v2": (32, 32, 3), "cnn3": (32, 32, 3)}
-RUNTIMES = ("torch", "jax", "stablehlo", "tf", "tflite", "tflite_dynamic_range", "tflite_int8", "onnx")
+RUNTIMES = ("torch", "torch_1thread", "jax", "stablehlo", "tf", "tflite", "tflite_dynamic_range", "tflite_int8",
+            "onnx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,7 @@ class BenchSettings:
 
     Attributes:
       models: Models to measure (simple_cnn, resnet20, mobilenet_v2, cnn3), comma-separated.
-      runtimes: Runtimes to measure, comma-separated (torch is PyTorch eager).
+      runtimes: Runtimes to measure, comma-separated (torch is PyTorch eager on every core, torch_1thread on one).
       latency_runs: Batch-1 calls whose median is the latency.
       min_seconds: Least time spent on the batch-64 throughput measurement.
       out: File to write one JSON line per (model, runtime) to.
@@ -55,7 +57,7 @@ def _runner(runtime: str, model_name: str, workdir: str):
     """``(images NHWC float32) -> logits`` for ``runtime``, built as a user of that runtime would."""
     import numpy as np
 
-    if runtime == "torch":
+    if runtime in ("torch", "torch_1thread"):
         import torch
 
         from bench_lib import torch_runner
@@ -63,7 +65,7 @@ def _runner(runtime: str, model_name: str, workdir: str):
 
         meta = read_meta(os.path.join(workdir, "export"), "")
         model = torch_runner.make_model(_torch_spec(model_name, meta)).eval()
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(1 if runtime == "torch_1thread" else os.cpu_count())
 
         def logits(images):
             with torch.inference_mode():
@@ -167,7 +169,7 @@ def main(argv) -> None:
                                        f"--min_seconds={settings.min_seconds}"],
                                       capture_output=True, text=True, check=True)
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
-                row["startup_s"] = None if runtime == "torch" else _startup(workdir, runtime, image)
+                row["startup_s"] = None if runtime.startswith("torch") else _startup(workdir, runtime, image)
                 row["load_average"] = os.getloadavg()[0]
                 rows.append(row)
                 print(f"{model_name:12s} {runtime:22s} {row['latency_ms_b1']:8.3f} ms  "
