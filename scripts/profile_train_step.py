@@ -1,0 +1,130 @@
+"""Where a jitted training step's time goes on the CPU: the XLA thunks of one step, grouped by what they compute.
+
+    python scripts/profile_train_step.py [--model=resnet20] [--batch_size=128] [--dtype=float32] [--steps=10]
+
+Runs the training engine's own `train_step` (SGD momentum, as `scripts/benchmark.py` does) under `jax.profiler`,
+reads the per-thunk events of the trace (XLA:CPU names each after its HLO instruction) and classifies each
+instruction from the compiled HLO: oneDNN convolutions (the `cnn_jax_conv` custom call, by mode: forward, data
+gradient, weight gradient), XLA convolutions, fusions that reduce (BatchNorm statistics and their gradients,
+pooling means, the loss), purely elementwise fusions (normalization, ReLU, residual adds, their gradients, the
+optimizer update), layout copies, matmuls, the rest.
+Prints milliseconds per step per group and the costliest instructions. Thunk times are summed, so where XLA runs
+independent thunks at once on different threads the sum can exceed the step's wall time, which is printed too.
+"""
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from cnn_jax import models
+from cnn_jax.train import TrainConfig, create_train_state, make_optimizer, make_train_step
+
+_MODEL = flags.DEFINE_string("model", "resnet20", "Zoo model to profile.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per step.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Profiled steps (after 3 unprofiled ones).")
+_TOP = flags.DEFINE_integer("top", 12, "Costliest instructions to list.")
+
+CONV_MODES = ("forward", "data gradient", "weight gradient")  # the custom call's `mode` attribute
+INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\((.*)$")
+COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+
+
+def parse_hlo(text: str) -> tuple:
+    """({instruction: (opcode, rest of line)}, {computation: set of opcodes in it}) of an HLO module's text."""
+    instructions, bodies, current = {}, collections.defaultdict(set), None
+    for line in text.splitlines():
+        if (match := COMPUTATION.match(line)) and "=" not in line.split("{")[0]:
+            current = match.group(1)
+        elif match := INSTRUCTION.match(line):
+            name, opcode, rest = match.groups()
+            instructions[name] = (opcode, rest)
+            if current:
+                bodies[current].add(opcode)
+    return instructions, bodies
+
+
+def group_of(name: str, instructions: dict, bodies: dict) -> str:
+    """What an HLO instruction computes, as one of the groups of the module docstring."""
+    opcode, rest = instructions.get(name, ("?", ""))
+    if opcode == "custom-call":
+        mode = re.search(r"mode = (\d)", rest)
+        if "cnn_jax_conv" in rest and mode:
+            return f"oneDNN convolution, {CONV_MODES[int(mode.group(1))]}"
+        return "other custom call"
+    if opcode == "convolution":
+        return "convolution (XLA)"
+    if opcode == "fusion":
+        called = re.search(r"calls=%?([\w.\-]+)", rest)
+        body = bodies.get(called.group(1), set()) if called else set()
+        if "convolution" in body:
+            return "convolution (XLA)"
+        if "dot" in body:
+            return "matmul (dot)"
+        if body & {"reduce", "reduce-window"}:
+            return "fusion with reductions (BN statistics, pools, loss)"
+        return "elementwise fusion (BN apply, ReLU, adds, update)"
+    if opcode in ("copy", "transpose"):
+        return "layout copies"
+    if opcode == "dot":
+        return "matmul (dot)"
+    return f"other ({opcode})"
+
+
+def main(argv):
+    del argv
+    jax.config.update("jax_enable_compilation_cache", False)
+    dtype = jnp.dtype(_DTYPE.value)
+    model = models.get_model(_MODEL.value, 10 if _MODEL.value in ("resnet20", "simple_cnn") else 1000, dtype=dtype)
+    shape = models.model_spec(_MODEL.value).input_shape
+    config = TrainConfig(epochs=1, learning_rate=0.01, optimizer="sgd", momentum=0.9, schedule="constant",
+                         progress_bar=False, tensorboard=False)
+    state = create_train_state(model, make_optimizer(config, steps_per_epoch=1), shape, 0)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.uniform(size=(_BATCH_SIZE.value, *shape)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 10, _BATCH_SIZE.value), jnp.int32)}
+    step = jax.jit(make_train_step(), donate_argnums=0)
+    compiled = step.lower(state, batch).compile()
+    instructions, bodies = parse_hlo(compiled.as_text())
+    for _ in range(3):
+        state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        start = time.perf_counter()
+        for _ in range(_STEPS.value):
+            state, _ = compiled(state, batch)
+        jax.block_until_ready(state)
+        wall = (time.perf_counter() - start) / _STEPS.value * 1e3
+        jax.profiler.stop_trace()
+        (path,) = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    per_name = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in instructions:
+            per_name[event["name"]] += event["dur"] / 1e3 / _STEPS.value  # microseconds -> ms per step
+    per_group = collections.Counter()
+    for name, ms in per_name.items():
+        per_group[group_of(name, instructions, bodies)] += ms
+    total = sum(per_group.values())
+    print(f"{_MODEL.value} train step, batch {_BATCH_SIZE.value}, {_DTYPE.value}, backend {jax.default_backend()}: "
+          f"{wall:.1f} ms per step wall, {total:.1f} ms of thunks per step ({len(per_name)} instructions timed)")
+    for group, ms in per_group.most_common():
+        print(f"  {group:<56}{ms:>9.1f} ms  {ms / total:6.1%}")
+    print("costliest instructions:")
+    for name, ms in per_name.most_common(_TOP.value):
+        print(f"  {name:<40}{group_of(name, instructions, bodies):<56}{ms:>9.2f} ms")
+
+
+if __name__ == "__main__":
+    app.run(main)
