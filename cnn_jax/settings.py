@@ -10,7 +10,8 @@ A field marked `bookkeeping` (logging, caches, where the data lies) does not cha
 computes; every other field is part of the run's identity, which the workdir records at the first
 start (`identity`). Rule for new settings: the field's default must reproduce the behaviour from
 before the setting existed, so a record that lacks it is read as holding that default
-(`absent_defaults`).
+(`absent_defaults`); a field whose default deliberately changes behaviour declares the old value
+(`changed_default`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ from typing import Any, Iterator, Mapping
 
 BOOKKEEPING = "bookkeeping"
 NOT_A_FLAG = "not_a_flag"
+ABSENT = "absent"
+
+
+def changed_default(default, *, absent) -> Any:
+    """A result-changing field whose default is not what runs did before it existed: a record without
+    it is read as `absent` (the old behaviour), not as `default`."""
+    return dataclasses.field(default=default, metadata={ABSENT: absent})
 
 
 def bookkeeping(default, **kwargs) -> Any:
@@ -79,10 +87,13 @@ def identity(config, extra: Mapping[str, Any] = ()) -> dict[str, Any]:
 
 
 def absent_defaults(config_type: type) -> dict[str, Any]:
-    """What each setting with a declared default means when an older record lacks it: that default."""
+    """What each setting means when an older record lacks it: its declared default, or for a
+    `changed_default` field the value that reproduces the behaviour from before it existed."""
     values = {}
     for leaf in leaves(config_type):
-        if leaf.field.default is not dataclasses.MISSING:
+        if ABSENT in leaf.field.metadata:
+            values.setdefault(leaf.name, _json_ready(leaf.field.metadata[ABSENT]))
+        elif leaf.field.default is not dataclasses.MISSING:
             values.setdefault(leaf.name, _json_ready(leaf.field.default))
     return values
 

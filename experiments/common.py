@@ -12,12 +12,13 @@ records the settings at the first start and refuses a rerun that changes a resul
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 START_TIME = time.time()  # Before the heavy imports, so wall_time_s covers them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data: quiet its logs.
@@ -27,7 +28,7 @@ from absl import logging as absl_logging  # noqa: E402
 
 from cnn_jax import cli, settings  # noqa: E402
 from cnn_jax.data import AugmentConfig, DataConfig  # noqa: E402
-from cnn_jax.settings import NOT_A_FLAG, bookkeeping  # noqa: E402
+from cnn_jax.settings import NOT_A_FLAG, bookkeeping, changed_default  # noqa: E402
 from cnn_jax.train.config import TrainConfig  # noqa: E402
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax", "jax")
@@ -73,6 +74,9 @@ class Training:
       train: the optimizer, schedule, regularization and bookkeeping of the engine.
       run: where and how the command runs.
       augmentation: the train step's augmentations and their settings.
+      normalization: what a network trained from scratch normalizes its input by: data (the
+        per-channel mean and std of up to 10,000 seeded training images, computed once and kept in
+        the workdir and the export) or model (the model's built-in constants).
       half_precision: compute in bfloat16 (params, optimizer state and the loss stay float32).
       model_kwargs: extra keyword arguments of the model's constructor (a study's arms).
     """
@@ -80,6 +84,7 @@ class Training:
     train: TrainConfig = TrainConfig()
     run: Run = Run()
     augmentation: AugmentConfig = AugmentConfig()
+    normalization: Literal["data", "model"] = changed_default("data", absent="model")
     half_precision: bool = False
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={NOT_A_FLAG: True})
 
@@ -182,8 +187,37 @@ def run(config: Experiment, fine_tuning_for: Optional[Callable] = None,
     check_batch_sizes(config.data)
     with claim(config, config.run.workdir, extra) as record:
         dataset = data.load(config.data)
-        return train(config, dataset, config.model, dict(config.model_kwargs), record,
+        kwargs = normalized(config, dataset, config.run.workdir, dict(config.model_kwargs))
+        return train(config, dataset, config.model, kwargs, record,
                      fine_tuning=fine_tuning_for(dataset) if fine_tuning_for else None)
+
+
+NORMALIZATION_FILE = "normalization.json"
+
+
+def normalized(config: Training, dataset, workdir: str, model_kwargs: dict) -> dict:
+    """`model_kwargs` with the input statistics of `config.normalization`: for "data", the training images'
+    per-channel mean and std, computed at the first start and read back from the workdir after (unless the
+    kwargs fix them, as a study's arms may). The export pins them either way."""
+    import jax
+
+    from cnn_jax import data
+    from cnn_jax.files import write_json
+
+    if config.normalization == "model" or "mean" in model_kwargs or "std" in model_kwargs:
+        return model_kwargs
+    path = os.path.join(workdir, NORMALIZATION_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            stats = json.load(f)
+    else:
+        mean, std = data.channel_statistics(dataset)
+        stats = {"mean": mean, "std": std, "images": min(data.STATISTICS_IMAGES, dataset.info.num_train)}
+        if jax.process_index() == 0:
+            write_json(path, stats)
+    log.info("normalizing by the training images' mean %s and std %s",
+             [round(m, 4) for m in stats["mean"]], [round(s, 4) for s in stats["std"]])
+    return {**model_kwargs, "mean": tuple(stats["mean"]), "std": tuple(stats["std"])}
 
 
 def setup(run_config: Run) -> None:

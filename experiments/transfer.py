@@ -57,7 +57,8 @@ class TransferExperiment(common.Training):
         (--epochs counts the fine-tuning phase).
       cache_dir: where converted weights are cached; default ~/.cache/cnn_jax.
       from_scratch: train the backbone's architecture from random initialization (the baseline);
-        --mode is then ignored.
+        --mode is then ignored, and --normalization applies (a pretrained backbone keeps its own
+        input statistics).
     """
     backbone: str = "efficientnet_lite0"
     mode: Mode = "feature_extract"
@@ -108,8 +109,10 @@ def run(config: TransferExperiment) -> dict:
     kwargs = dict(spec.model_kwargs)
     with common.claim(config, config.run.workdir) as record:
         if config.from_scratch:
-            return common.train(config, _load(config), spec.model,
-                                {**kwargs, "bn_momentum": FROM_SCRATCH_BN_MOMENTUM}, record)
+            dataset = _load(config)
+            scratch = common.normalized(config, dataset, config.run.workdir,
+                                        {**kwargs, "bn_momentum": FROM_SCRATCH_BN_MOMENTUM})
+            return common.train(config, dataset, spec.model, scratch, record)
         _, variables = pretrained.load_pretrained(config.backbone, cache_dir=config.cache_dir)
         model = spec.build()
         backbone_rate = config.backbone_learning_rate or BACKBONE_RATE_FRACTION * config.train.learning_rate

@@ -19,6 +19,7 @@ _SOURCES = {
                 "is_folder_path", "load", "process_eval_batches", "process_train_batches"),
     "image_folder": ("ImageFolder", "UnreadableImageError", "read_image", "read_image_folder"),
     "prefetch": ("prefetch_to_device",),
+    "statistics": ("STATISTICS_IMAGES", "channel_statistics"),
     "tfds_source": ("TESTED_DATASETS", "DatasetUnavailableError"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
