@@ -12,6 +12,10 @@ Studies (`--study`):
                         having come from transfer learning (experiments/transfer.py). Hours
                         on the 2-core CPU (RESULTS.md's 19 arms took 243 min): run it in
                         parts with --arms.
+  cifar10_tricks        experiments/cifar10_fast.py's recipe (airbench_half) for 8 epochs, then the same with
+                        one of the engine's training tricks each: an EMA of the weights, lookahead, mixup,
+                        cutmix, TrivialAugment, RandAugment, random-resized-crop, gradient clipping and
+                        gradient accumulation (each trick's flag, exercised; not tuned).
   mnist_sweep           simple_cnn on MNIST with experiments/mnist.py's recipe (2 epochs), changing
                         one design choice at a time against the default (32-64 filters, 3x3 kernels,
                         max pooling, ReLU): 16-32 and 64-128 filters, 5x5 kernels, average pooling,
@@ -45,7 +49,7 @@ from absl import app
 
 from cnn_jax import cli, settings
 from cnn_jax.settings import bookkeeping
-from experiments import cifar10, common, mnist
+from experiments import cifar10, cifar10_fast, common, mnist
 
 log = logging.getLogger("cnn_jax.compare")
 
@@ -95,6 +99,7 @@ _MLP_CIFAR10 = common.Experiment(
 # --warmup_epochs=0.4` (lenet5, also without it, did better at 0.1: 40.0% against 37.4%).
 _ALEXNET_CIFAR10 = settings.replace(cifar10.recipe(), learning_rate=0.02)
 _SWEEP = mnist.recipe()
+_FAST = cifar10_fast.recipe()
 
 
 def _arm(name: str, setting: str, recipe: common.Experiment, model: Optional[str] = None,
@@ -132,6 +137,22 @@ STUDIES = {study.name: study for study in (
         _zoo_arm("efficientnet_lite0", "ImageNet EfficientNet-Lite0, from scratch"),
         _zoo_arm("efficientnet_lite1", "ImageNet EfficientNet-Lite1, from scratch"),
         _zoo_arm("efficientnet_lite2", "ImageNet EfficientNet-Lite2, from scratch"),
+    )),
+    Study("cifar10_tricks", "CIFAR-10: airbench_half with one training trick at a time", 8, (
+        _arm("baseline", "the fast recipe at 8 epochs", _FAST),
+        _arm("ema", "EMA of the weights, decay 0.999", settings.replace(_FAST, ema_decay=0.999)),
+        _arm("lookahead", "lookahead, k=5, alpha 0.5", settings.replace(_FAST, lookahead_steps=5)),
+        _arm("mixup", "mixup, alpha 0.2", settings.replace(_FAST, mixup_alpha=0.2)),
+        _arm("cutmix", "cutmix, alpha 1.0", settings.replace(_FAST, cutmix_alpha=1.0)),
+        _arm("trivialaugment", "TrivialAugment after crop + flip",
+             settings.replace(_FAST, augment=("crop", "flip", "trivialaugment"))),
+        _arm("randaugment", "RandAugment (2 ops, magnitude 9) after crop + flip",
+             settings.replace(_FAST, augment=("crop", "flip", "randaugment"))),
+        _arm("random_resized_crop", "random-resized-crop (scale 0.35-1) + flip",
+             settings.replace(_FAST, augment=("random_resized_crop", "flip"), resized_crop_scale=(0.35, 1.0))),
+        _arm("grad_clip", "gradient clipping at global norm 1", settings.replace(_FAST, grad_clip_norm=1.0)),
+        _arm("accumulate", "2 batches of 64 accumulated per update", settings.replace(
+            _FAST, batch_size=64, accumulate_steps=2)),
     )),
     Study("mnist_sweep", "MNIST: simple_cnn, one design choice at a time", _SWEEP.train.epochs, (
         _arm("default", "32-64 filters, 3x3, max pool, ReLU", _SWEEP),

@@ -50,7 +50,10 @@ PARAMS.update({
 })
 PARAMS.update({("cifar10_zoo", name): published - 990 * (ZOO_HEAD_FEATURES[name] + 1)
                for name, kwargs, published, _ in PUBLISHED_COUNTS if not kwargs and name in ZOO_HEAD_FEATURES})
-INPUT_SHAPES = {"cifar10_head_to_head": (32, 32, 3), "cifar10_zoo": (32, 32, 3), "mnist_sweep": (28, 28, 1)}
+PARAMS.update({("cifar10_tricks", arm.name): SMALL_PARAMS["airbench_half"]
+               for arm in compare.STUDIES["cifar10_tricks"].arms})
+INPUT_SHAPES = {"cifar10_head_to_head": (32, 32, 3), "cifar10_zoo": (32, 32, 3), "cifar10_tricks": (32, 32, 3),
+                "mnist_sweep": (28, 28, 1)}
 ARMS = [(study.name, arm) for study in compare.STUDIES.values() for arm in study.arms]
 TINY = ["--epochs=1", "--num_train_examples=256", "--batch_size=32", "--log_every_steps=4",
         "--compilation_cache_dir="]
@@ -103,6 +106,17 @@ def test_arm_recipe_is_the_recipe_at_the_study_epochs_unless_given():
     config = compare.arm_recipe(study, cnn3, {"epochs": 1, "learning_rate": 0.01})
     assert (config.train.epochs, config.train.warmup_epochs, config.train.learning_rate) == (1, 5 / 30, 0.01)
     assert compare.arm_recipe(study, cnn3, {"warmup_epochs": 0.5}).train.warmup_epochs == 0.5
+
+
+def test_the_tricks_study_changes_one_setting_per_arm_from_the_fast_recipe():
+    study = compare.STUDIES["cifar10_tricks"]
+    base = settings.flatten(study.arms[0].recipe)
+    for arm in study.arms[1:]:
+        changed = {k for k, v in settings.flatten(arm.recipe).items() if base[k] != v}
+        assert changed and changed <= {"ema_decay", "lookahead_steps", "mixup_alpha", "cutmix_alpha", "augment",
+                                       "resized_crop_scale", "grad_clip_norm", "batch_size", "accumulate_steps"}, arm.name
+    assert {arm.name for arm in study.arms} >= {"ema", "lookahead", "mixup", "cutmix", "trivialaugment",
+                                                 "randaugment", "random_resized_crop", "grad_clip", "accumulate"}
 
 
 def test_select_arms_keeps_the_study_order_and_names_unknown_arms():
