@@ -16,7 +16,8 @@ def recipe() -> common.Experiment:
     test-time flips.
 
     85.18% on the offline JPEG copy in 48 minutes on the 2-core CPU, about 90 s an epoch (625
-    images/s) (2026-12-01, RESULTS.md): `python -m experiments.cifar10 --workdir=runs/cifar10`.
+    images/s) (2026-12-01, RESULTS.md, with cnn3's constant normalization 0.5/0.25, now `--normalization=model`):
+    `python -m experiments.cifar10 --workdir=runs/cifar10`.
     """
     return common.Experiment(
         model="cnn3",

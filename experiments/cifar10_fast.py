@@ -37,7 +37,8 @@ def recipe() -> FastExperiment:
     label smoothing 0.1, 4-px crops + flips, test-time flips and 1-px translations, evaluated every 4 epochs.
 
     90.42% on the offline JPEG copy of CIFAR-10 in 50.5 minutes for the whole command on the idle 2-core CPU
-    (2026-12-02, RESULTS.md; without test-time augmentation 88.02%):
+    (2026-12-02, RESULTS.md; without test-time augmentation 88.02%; normalized by the model's CIFAR-10
+    constants, now `--normalization=model`):
     `python -m experiments.cifar10_fast --workdir=runs/cifar10_fast`.
     """
     return FastExperiment(
