@@ -115,3 +115,22 @@ def test_predict_prints_top_k_per_image_and_a_line_per_unreadable_file(exported,
     assert header == readable[0] and error.startswith(f"{broken}: error: not a readable")
     assert [row.split()[0] for row in rows] == [CLASSES[i] for i in np.argsort(-expected[0])]  # top_k capped at 3
     np.testing.assert_allclose(sum(float(row.split()[1]) for row in rows), 1.0, atol=1e-3)
+
+
+LAZY_DATA = """
+import sys
+from cnn_jax import data
+from cnn_jax.data import read_image, UnreadableImageError
+assert "jax" not in sys.modules, "cnn_jax.data imported jax"
+assert callable(read_image) and issubclass(UnreadableImageError, ValueError)
+assert all(getattr(data, name) is not None for name in data.__all__) and data.augment.make_augment is data.make_augment
+print(len(data.__all__))
+"""
+
+
+def test_cnn_jax_data_imports_its_names_on_first_use_without_jax():
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", LAZY_DATA], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout) >= 20  # every name the package had before it became lazy
