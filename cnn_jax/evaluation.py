@@ -44,10 +44,12 @@ def grid_examples(eval_batches, labels: np.ndarray, predictions: np.ndarray, cou
     wrong = np.flatnonzero(predictions != labels)[:count // 2]
     right = np.flatnonzero(predictions == labels)[:count - len(wrong)]
     chosen = np.concatenate([wrong, right])
-    images, seen = [], 0
+    picked, seen = {}, 0  # only the chosen images are kept: memory stays flat in the split's size
     for batch in eval_batches:
-        images.append(batch["image"][batch["mask"] > 0])
-        seen += len(images[-1])
+        real = batch["image"][batch["mask"] > 0]
+        for i in chosen[(chosen >= seen) & (chosen < seen + len(real))]:
+            picked[i] = real[i - seen]
+        seen += len(real)
         if seen > chosen.max():
             break
-    return np.concatenate(images)[chosen], labels[chosen], predictions[chosen]
+    return np.stack([picked[i] for i in chosen]), labels[chosen], predictions[chosen]

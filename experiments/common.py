@@ -126,7 +126,9 @@ def main(argv, recipe: Training, run_experiment: Optional[Callable] = None,
         print(f"stopped: {stop}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
     except (ValueError, FloatingPointError, DatasetUnavailableError, WorkdirBusy, CheckpointError) as error:
-        sys.exit(f"error: {error}")
+        from cnn_jax.train.sharding import exit_with_error  # a multi-process run leaves without waiting for the others
+
+        exit_with_error(f"error: {error}")
     except OSError as error:
         sys.exit(f"error: {describe_os_error(error)}")
     except KeyboardInterrupt:

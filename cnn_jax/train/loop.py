@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from cnn_jax import evaluation
-from cnn_jax.data import prefetch_to_device
+from cnn_jax.data import prefetch_to_device, process_eval_batches, process_train_batches
 from cnn_jax.train import sharding as sharding_lib
 from cnn_jax.train.checkpoint import Checkpointer
 from cnn_jax.train.config import TrainConfig
@@ -224,7 +223,7 @@ class _Run:
     def _train_epoch(self, state, step: int, epoch: int, stop_requested):
         """One epoch's steps from `step`; saves and raises Preempted when a stop is requested."""
         config = self.config
-        batches = _checked(self.dataset.train_batches(epoch, step % self.steps_per_epoch), self.mesh,
+        batches = _checked(process_train_batches(self.dataset, epoch, step % self.steps_per_epoch), self.mesh,
                            "batch size")
         self.logger.resume_clock()
         in_flight = collections.deque()
@@ -295,9 +294,10 @@ def _best_eval(history: list) -> Optional[dict]:
 
 
 def _checked(batches: Iterator[dict], mesh, what: str) -> Iterator[dict]:
-    """Passes batches through, first checking that each splits evenly over the devices."""
+    """Passes this process's rows of each global batch through, first checking that the global batch splits
+    evenly over the devices."""
     for batch in batches:
-        sharding_lib.check_batch_size(batch["image"].shape[0], mesh, what)
+        sharding_lib.check_batch_size(batch["image"].shape[0] * jax.process_count(), mesh, what)
         yield batch
 
 
@@ -305,24 +305,21 @@ def _make_evaluator(dataset, mesh, on_batch, on_all, config: TrainConfig) -> Cal
     """`evaluate(state, split)`: accuracy, mean loss, predictions and labels of a whole split.
 
     The results of every batch stay on the device until the split is done, then come back in
-    one transfer. Labels and masks are taken from the host batches, which every process holds
-    in full.
+    one transfer. Each process reads only its rows of every batch; labels and masks come back
+    from the devices with the predictions, gathered from all processes.
     """
-    step = jax.jit(functools.partial(eval_step, test_time_flip=config.test_time_flip,
-                                     test_time_shift=config.test_time_shift),
-                   in_shardings=(on_all, on_batch), out_shardings=on_all)
+    def labelled_step(state: TrainState, batch: dict) -> dict:
+        sums = eval_step(state, batch, test_time_flip=config.test_time_flip,
+                         test_time_shift=config.test_time_shift)
+        return {**sums, "label": batch["label"], "mask": batch["mask"]}
+
+    step = jax.jit(labelled_step, in_shardings=(on_all, on_batch), out_shardings=on_all)
 
     def evaluate(state: TrainState, split: str) -> dict:
-        host = []
-
-        def batches():
-            for batch in _checked(dataset.eval_batches(split), mesh, "eval batch size"):
-                host.append((batch["label"], batch["mask"]))
-                yield batch
-
+        batches = _checked(process_eval_batches(dataset, split), mesh, "eval batch size")
         sums = jax.device_get([step(state, batch) for batch in
-                               prefetch_to_device(batches(), PREFETCH_BATCHES, on_batch)])
-        labels, masks = (np.concatenate(column) for column in zip(*host))
+                               prefetch_to_device(batches, PREFETCH_BATCHES, on_batch)])
+        labels, masks = (np.concatenate([s[key] for s in sums]) for key in ("label", "mask"))
         count = sum(float(s["count"]) for s in sums)
         return {
             "accuracy": sum(float(s["correct"]) for s in sums) / count,
