@@ -34,11 +34,11 @@ import numpy as np
 from cnn_jax.export import graph as graph_lib
 from cnn_jax.export import workdir as workdir_lib
 from cnn_jax.export.graph import UnsupportedOpError
-from cnn_jax.export.meta import FORMATS, TFLITE_VARIANTS, ExportError, ExportMeta, artifact_path, check_format
+from cnn_jax.export.meta import ExportError, ExportMeta, artifact_path, check_format
 
 SERVING_BYTES = "serving_bytes"
 
-__all__ = ["FORMATS", "TFLITE_VARIANTS", "UnsupportedOpError", "artifact_path", "export_format"]
+__all__ = ["UnsupportedOpError", "export_format"]
 
 
 def _apply_fn(model, variables):
