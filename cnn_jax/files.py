@@ -1,12 +1,15 @@
-"""Durable file writes: a file is either its old content or its new one, also after a power cut.
+"""Durable file writes: a file or directory is either its old content or its new one, also after a power cut.
 
-Each write goes to a temporary file named after this process (so two writers never share one),
+Each write goes to a temporary sibling named after this process (so two writers never share one),
 is fsynced, renamed over the target, and the directory is fsynced so the rename itself is on disk.
+A directory (an export) is staged whole beside its target (`staging_path`, `fsync_tree`) and
+swapped in by renames (`swap_in`).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from typing import Union
 
@@ -20,15 +23,50 @@ def fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def staging_path(path: str, what: str = "new") -> str:
+    """An unused hidden name beside ``path``, e.g. ``.export.new-1234-9f2c``."""
+    return os.path.join(os.path.dirname(os.path.abspath(path)),
+                        f".{os.path.basename(path)}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def write_synced(path: str, content: Union[str, bytes]) -> None:
+    """Writes ``content`` to ``path`` and fsyncs it (a file inside a staged directory, or a partial file)."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_tree(path: str) -> None:
+    """fsyncs a file, or every file and directory below ``path``."""
+    if not os.path.isdir(path):
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        return
+    for directory, _, names in os.walk(path):
+        for name in names:
+            fsync_tree(os.path.join(directory, name))
+        fsync_directory(directory)
+
+
+def swap_in(staged: str, target: str) -> None:
+    """Replaces ``target`` (a file or directory, if any) by ``staged``, a fully written sibling, by renames."""
+    old = None
+    if os.path.lexists(target):
+        old = staging_path(target, "old")
+        os.replace(target, old)
+    os.replace(staged, target)
+    fsync_directory(os.path.dirname(os.path.abspath(target)))
+    if old is not None:
+        shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+
+
 def write_atomically(path: str, content: Union[str, bytes]) -> None:
     """Replaces ``path`` with ``content`` in one step; a failed write leaves the old file as it was."""
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    partial = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    partial = staging_path(path, "tmp")
     try:
-        with open(partial, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(partial, content)
         os.replace(partial, path)
     except BaseException:
         if os.path.exists(partial):

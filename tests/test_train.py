@@ -282,7 +282,7 @@ def test_restoring_into_another_model_names_the_mismatch(tmp_path):
     config = TrainConfig(optimizer="adam", learning_rate=1e-2, schedule="constant")
     wider = create_train_state(TinyCNN(features=16), make_optimizer(config, 100), (8, 8, 1), 0)
     with pytest.raises(CheckpointMismatchError,
-                       match=r"params/Conv_0/kernel: checkpoint has shape \(3, 3, 1, 8\).*"
+                       match=r"params/Conv_0/kernel: the checkpoint has shape \(3, 3, 1, 8\).*"
                              r"\(3, 3, 1, 16\)(.|\n)*new workdir"):
         Checkpointer(str(tmp_path), max_to_keep=1).restore(wider)
 

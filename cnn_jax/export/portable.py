@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from cnn_jax import files
 from cnn_jax.export import graph as graph_lib
 from cnn_jax.export import workdir as workdir_lib
 from cnn_jax.export.graph import UnsupportedOpError
@@ -134,7 +135,7 @@ def export_format(workdir: str, fmt: str, *, tflite_variant: str = "float32",
     check_format(fmt, tflite_variant)
     model, variables, meta = workdir_lib.load_export(workdir)
     path = artifact_path(workdir, fmt, tflite_variant)
-    staged = workdir_lib.sibling(path, "new")
+    staged = files.staging_path(path, "new")
     try:
         if fmt == "stablehlo":
             _stablehlo(model, variables, meta, staged)
@@ -144,8 +145,8 @@ def export_format(workdir: str, fmt: str, *, tflite_variant: str = "float32",
             _tflite(model, variables, meta, staged, tflite_variant, calibration_images)
         else:
             _onnx(model, variables, meta, staged)
-        workdir_lib.fsync_tree(staged)
-        workdir_lib.swap_in(staged, path)
+        files.fsync_tree(staged)
+        files.swap_in(staged, path)
     finally:
         if os.path.isdir(staged):
             shutil.rmtree(staged)

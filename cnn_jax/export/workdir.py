@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -28,6 +27,8 @@ from flax import serialization
 
 from cnn_jax.export.meta import (FORMAT, META_FILE, VARIABLES_FILE, ExportError, ExportMeta, export_dir, read_meta,
                                  rewrite_hint)
+from cnn_jax import pytrees
+from cnn_jax.files import fsync_directory, staging_path, swap_in, write_synced
 from cnn_jax.models import get_model
 
 _PINNED_FIELDS = ("mean", "std")
@@ -37,64 +38,8 @@ _SHOWN_MISMATCHES = 5
 def _shape_problems(variables, model: nn.Module, image_shape) -> list[str]:
     """Differences in names and shapes between ``variables`` and those ``model`` initializes at ``image_shape``."""
     expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))
-
-    def shapes(tree):
-        return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(np.shape(leaf))
-                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-    have, want = shapes(variables), shapes(expected)
-    problems = [f"{name}: only in the export" for name in sorted(have.keys() - want.keys())]
-    problems += [f"{name}: missing from the export" for name in sorted(want.keys() - have.keys())]
-    problems += [f"{name}: export has shape {have[name]}, the model {want[name]}"
-                 for name in sorted(have.keys() & want.keys()) if have[name] != want[name]]
-    return problems
-
-
-def write_synced(path: str, content: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(content)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def fsync_dir(path: str) -> None:
-    """Makes the entries of directory ``path`` (new files, renames) durable."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def fsync_tree(path: str) -> None:
-    """fsyncs a file, or every file and directory below ``path``."""
-    if not os.path.isdir(path):
-        with open(path, "rb+") as file:
-            os.fsync(file.fileno())
-        return
-    for directory, _, files in os.walk(path):
-        for name in files:
-            fsync_tree(os.path.join(directory, name))
-        fsync_dir(directory)
-
-
-def sibling(path: str, what: str) -> str:
-    """An unused hidden name beside ``path``, e.g. ``.export.new-1234-9f2c``."""
-    return os.path.join(os.path.dirname(os.path.abspath(path)),
-                        f".{os.path.basename(path)}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def swap_in(staged: str, target: str) -> None:
-    """Replaces ``target`` (a file or directory, if any) by ``staged``, a fully written sibling, by renames."""
-    parent = os.path.dirname(os.path.abspath(target))
-    old = None
-    if os.path.lexists(target):
-        old = sibling(target, "old")
-        os.replace(target, old)
-    os.replace(staged, target)
-    fsync_dir(parent)
-    if old is not None:
-        shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+    return pytrees.differences(pytrees.signature(variables, with_dtype=False),
+                               pytrees.signature(expected, with_dtype=False), "export")
 
 
 def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], variables: Mapping,
@@ -121,12 +66,12 @@ def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], 
                          "strings and lists") from None
     directory = export_dir(workdir)
     os.makedirs(workdir, exist_ok=True)
-    staged = sibling(directory, "new")
+    staged = staging_path(directory, "new")
     os.mkdir(staged)
     try:
         write_synced(os.path.join(staged, VARIABLES_FILE), serialization.msgpack_serialize(variables))
         write_synced(os.path.join(staged, META_FILE), (meta_text + "\n").encode())
-        fsync_dir(staged)
+        fsync_directory(staged)
         swap_in(staged, directory)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

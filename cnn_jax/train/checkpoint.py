@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from cnn_jax import pytrees
 from cnn_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,10 @@ class Checkpointer:
         another model or optimizer, and RuntimeError when checkpoints exist but none is readable.
         """
         steps = sorted(self._manager.all_steps(), reverse=True)
-        wanted = _shapes(serialization.to_state_dict(target))
+        wanted = pytrees.signature(serialization.to_state_dict(target))
         for step in steps:
             try:
-                saved = _shapes(getattr(self._manager.item_metadata(step), "tree", None) or {})
+                saved = pytrees.signature(getattr(self._manager.item_metadata(step), "tree", None) or {})
                 if not saved:
                     raise ValueError("its metadata lists no arrays")
             except Exception as error:  # noqa: BLE001 -- any failure to read means unreadable.
@@ -114,25 +115,9 @@ class Checkpointer:
             self._manager.close()
 
 
-def _shapes(tree) -> dict:
-    """{"params/Conv_0/kernel": (shape, dtype name), ...} of a tree of arrays or metadata."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): (tuple(leaf.shape),
-                                                                     str(leaf.dtype))
-            for path, leaf in leaves}
-
-
 def _check_compatible(saved: dict, wanted: dict, checkpoint: str) -> None:
     """Raises CheckpointMismatchError listing the arrays whose names or shapes differ."""
-    problems = []
-    for name in sorted(saved.keys() | wanted.keys(), key=lambda n: (not n.startswith("params"), n)):
-        if name not in wanted:
-            problems.append(f"{name}: only in the checkpoint")
-        elif name not in saved:
-            problems.append(f"{name}: only in the model")
-        elif saved[name] != wanted[name]:
-            problems.append(f"{name}: checkpoint has shape {saved[name][0]} {saved[name][1]}, "
-                            f"the model {wanted[name][0]} {wanted[name][1]}")
+    problems = pytrees.differences(saved, wanted, "checkpoint")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise CheckpointMismatchError(
