@@ -9,7 +9,7 @@ augmentation applied inside the train step.
 The names below are imported on first access (module ``__getattr__``), so a caller that only reads images
 (``read_image``, as the ONNX and TFLite predict runtimes do) never imports JAX through ``augment``.
 """
-import importlib
+from cnn_jax.lazy import lazy_names
 
 _SOURCES = {
     "augment": ("AUGMENTATIONS", "POLICY_OPS", "AugmentConfig", "build_augment", "cutout", "make_augment",
@@ -22,22 +22,4 @@ _SOURCES = {
     "statistics": ("STATISTICS_IMAGES", "channel_statistics"),
     "tfds_source": ("TESTED_DATASETS", "DatasetUnavailableError"),
 }
-_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name):
-    """A public name (or a submodule, as ``data.augment``) imported when first asked for."""
-    if name in _SOURCES:
-        return importlib.import_module(f"{__name__}.{name}")
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_names(__name__, _SOURCES)

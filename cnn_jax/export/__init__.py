@@ -9,7 +9,7 @@
 Names are imported on first access (module ``__getattr__``), so ``cnn_jax.export.runtime`` and the metadata
 reader stay free of JAX and Flax.
 """
-import importlib
+from cnn_jax.lazy import lazy_names
 
 _SOURCES = {
     "meta": ("EXPORT_DIR", "FORMAT", "FORMATS", "META_FILE", "TFLITE_VARIANTS", "VARIABLES_FILE", "ExportError",
@@ -18,22 +18,4 @@ _SOURCES = {
     "portable": ("UnsupportedOpError", "export_format"),
     "runtime": ("RUNTIMES", "load_runtime"),
 }
-_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name):
-    """A public name (or a submodule) imported when first asked for."""
-    if name in _SOURCES:
-        return importlib.import_module(f"{__name__}.{name}")
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_names(__name__, _SOURCES)
