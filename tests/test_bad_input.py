@@ -157,6 +157,7 @@ def test_a_diverging_run_stops_with_the_causes_and_keeps_its_checkpoints(tmp_pat
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow  # long end-to-end run; `python -m pytest -m slow`
 def test_a_full_disk_is_one_error_line_and_the_rerun_resumes_when_there_is_room(tmp_path):
     if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
         pytest.skip("needs the offline MNIST")

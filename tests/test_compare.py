@@ -227,6 +227,7 @@ def test_mnist_sweep_trains_its_arms_then_a_rerun_reads_them_back(tmp_path):
     assert "default holds a run started with other settings (epochs: 1 then, 2 now; warmup_epochs: " in other.stderr
 
 
+@pytest.mark.slow  # long end-to-end run; `python -m pytest -m slow`
 def test_cifar10_head_to_head_gives_each_arm_its_recipe(tmp_path):
     workdir = tmp_path / "h2h"
     proc = run(experiment("compare", f"--workdir={workdir}", "--study=cifar10_head_to_head", "--arms=mlp",

@@ -216,6 +216,7 @@ def test_whitened_stem_whitens_the_first_training_images_and_freezes_the_stem():
     assert np.all(np.diag(moments) > 0.9) and np.all(np.diag(moments) <= 1 + 1e-3)  # unit variance (eps aside)
 
 
+@pytest.mark.slow  # long end-to-end run; `python -m pytest -m slow`
 def test_fast_recipe_with_a_whitened_stem_end_to_end(tmp_path):
     from cnn_jax import export
 

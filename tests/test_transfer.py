@@ -247,6 +247,7 @@ def test_two_phase_transfer_end_to_end_then_predict(tmp_path):
     assert all(len(line["top_k"]) == 2 and line["top_k"][0]["class"] in COLORS for line in lines)
 
 
+@pytest.mark.slow  # long end-to-end run; `python -m pytest -m slow`
 def test_from_scratch_baseline_trains_every_stage_without_pretrained_weights(tmp_path):
     """The baseline needs no weights (an empty cache stays empty), trains the whole network, and says so."""
     folder, workdir, cache = tmp_path / "photos", tmp_path / "run", tmp_path / "cache"
