@@ -45,6 +45,7 @@ def smoke(tmp_path_factory):
     return result, json.loads(out.read_text()), json.loads(out.with_name("benchmark.meta.json").read_text())
 
 
+@pytest.mark.slow  # runs scripts/benchmark.py end to end (33 s); `python -m pytest -m slow`
 def test_records_follow_the_issue_schema(smoke):
     _, records, _ = smoke
     installed, _ = plan.plan(["simple_cnn"], SMOKE_FRAMEWORKS, plan.MODES)
@@ -55,6 +56,7 @@ def test_records_follow_the_issue_schema(smoke):
         assert record["batch_size"] == 8 and isinstance(record["batch_size"], int)
 
 
+@pytest.mark.slow  # runs scripts/benchmark.py end to end (33 s); `python -m pytest -m slow`
 def test_values_are_positive_and_sane(smoke):
     _, records, meta = smoke
     for record in records:
@@ -67,6 +69,7 @@ def test_values_are_positive_and_sane(smoke):
     assert meta["matmul_gflops"] > 0.1
 
 
+@pytest.mark.slow  # runs scripts/benchmark.py end to end (33 s); `python -m pytest -m slow`
 def test_model_flops_match_the_analytic_count(smoke):
     _, _, meta = smoke
     gflops = meta["forward_gflops_per_image"]["cnn_jax simple_cnn"]
@@ -74,6 +77,7 @@ def test_model_flops_match_the_analytic_count(smoke):
     assert 2 * SIMPLE_CNN_MACS <= gflops * 1e9 <= 1.05 * 2 * SIMPLE_CNN_MACS
 
 
+@pytest.mark.slow  # runs scripts/benchmark.py end to end (33 s); `python -m pytest -m slow`
 def test_table_lists_every_record_under_a_header_with_the_machine(smoke):
     result, records, meta = smoke
     assert f"{meta['matmul_gflops']:.1f} GFLOP/s" in result.stdout
