@@ -179,8 +179,9 @@ def run(config: Experiment, fine_tuning_for: Optional[Callable] = None,
 
     Everything that can be checked without the data (config, augmentations, model name, batch
     sizes against the devices, the workdir's recorded settings) is checked before the data is
-    read. `fine_tuning_for(dataset)`, if given, returns the engine's FineTuning for the data read
-    (a start that depends on it); `extra` settings join the record and the run's identity.
+    read. `fine_tuning_for(dataset, model_kwargs)`, if given, returns the engine's FineTuning for the data
+    read and the model's final keyword arguments (a start that depends on them); `extra` settings join the
+    record and the run's identity.
     """
     from cnn_jax import data, models
 
@@ -191,7 +192,7 @@ def run(config: Experiment, fine_tuning_for: Optional[Callable] = None,
         dataset = data.load(config.data)
         kwargs = normalized(config, dataset, config.run.workdir, dict(config.model_kwargs))
         return train(config, dataset, config.model, kwargs, record,
-                     fine_tuning=fine_tuning_for(dataset) if fine_tuning_for else None)
+                     fine_tuning=fine_tuning_for(dataset, kwargs) if fine_tuning_for else None)
 
 
 NORMALIZATION_FILE = "normalization.json"

@@ -65,7 +65,8 @@ class ConvBN(nn.Module):
     """Conv (no bias) -> BatchNorm -> activation, the unit every zoo CNN is made of.
 
     ``bn_momentum`` is Flax's (running = momentum * running + (1 - momentum) * batch): PyTorch's 0.1 is 0.9 here.
-    ``activation=None`` gives the linear projection of inverted residuals.
+    ``activation=None`` gives the linear projection of inverted residuals; ``bn_use_scale=False`` leaves the
+    BatchNorm without its learned scale (airbench94).
     """
     features: int
     kernel_size: int = 3
@@ -78,13 +79,16 @@ class ConvBN(nn.Module):
     bn_epsilon: float = 1e-5
     bn_momentum: float = 0.9
     bn_scale_init: Callable = nn.initializers.ones
+    bn_use_scale: bool = True
+    kernel_init: Callable = he_normal
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         x = Conv(self.features, self.kernel_size, self.strides,
                  padding_for(self.padding_mode, self.kernel_size, self.dilation), self.dilation, self.groups,
-                 use_bias=self.use_bias, dtype=self.dtype, name="conv")(x)
+                 use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init, name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                         scale_init=self.bn_scale_init, dtype=self.dtype, name="bn")(x)
+                         use_scale=self.bn_use_scale, scale_init=self.bn_scale_init, dtype=self.dtype,
+                         name="bn")(x)
         return x if self.activation is None else self.activation(x)

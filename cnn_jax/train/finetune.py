@@ -150,13 +150,17 @@ class FineTuning:
         return {name: FROZEN if name in self.frozen else BACKBONE if name in self.backbone else HEAD
                 for name in params}
 
-    def train_state(self, model: nn.Module, config: TrainConfig, steps_per_epoch: int,
-                    image_shape: Sequence[int], sharding=None) -> TrainState:
-        """The starting train state: fresh variables overlaid with ``variables``, the grouped
-        optimizer, and an ``apply_fn`` that keeps the frozen submodules frozen."""
+    def optimizer(self, config: TrainConfig, steps_per_epoch: int):
+        """The optimizer: ``config``'s, per group of ``labels``; frozen submodules get zero updates."""
         rates = {HEAD: config.learning_rate, FROZEN: 0.0,
                  BACKBONE: self.backbone_learning_rate or config.learning_rate}
-        tx = make_grouped_optimizer(config, steps_per_epoch, self.labels, rates)
+        return make_grouped_optimizer(config, steps_per_epoch, self.labels, rates)
+
+    def train_state(self, model: nn.Module, config: TrainConfig, steps_per_epoch: int,
+                    image_shape: Sequence[int], sharding=None) -> TrainState:
+        """The starting train state: fresh variables overlaid with ``variables``, ``optimizer``,
+        and an ``apply_fn`` that keeps the frozen submodules frozen."""
+        tx = self.optimizer(config, steps_per_epoch)
         init_key, state_key = jax.random.split(jax.random.key(config.seed))  # as create_train_state
         variables = _start_variables(model, tuple(image_shape), init_key, self.variables)
         params = variables["params"]
