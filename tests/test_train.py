@@ -275,6 +275,28 @@ def test_checkpoint_round_trip_restores_identical_state(tmp_path):
     assert int(restored.step) == 2 and restored.batch_stats
 
 
+def test_a_finished_checkpoint_is_fsynced_file_by_file_with_its_directories(tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    checkpoints = Checkpointer(str(tmp_path), max_to_keep=2)
+    checkpoints.save(_trained_state())
+    checkpoints.wait()
+    step = os.path.join(os.path.realpath(tmp_path), "2")
+    written = {os.path.join(d, n) for d, _, names in os.walk(step) for n in names}
+    directories = {d for d, _, _ in os.walk(step)}
+    assert written and written | directories <= set(synced)
+    assert os.path.realpath(tmp_path) in synced  # the entry that names the step
+    checkpoints.close()
+
+
 def test_restoring_into_another_model_names_the_mismatch(tmp_path):
     checkpoints = Checkpointer(str(tmp_path), max_to_keep=1)
     checkpoints.save(_trained_state())

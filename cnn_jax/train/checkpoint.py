@@ -4,7 +4,9 @@ A checkpoint holds the train state as nested dicts (`flax.serialization.to_state
 that it reads back into any TrainState of the same shapes. Orbax writes each step into a
 temporary directory and renames it when complete, so an interrupted save never shows up as a
 step; a checkpoint that is present but unreadable is reported and moved aside, and the one
-before it is used.
+before it is used. Orbax does not fsync: once a save has finished (by the next save, ``wait`` or
+``close``), its files and the directory entries naming it are fsynced here, so a power cut cannot
+lose a checkpoint that the metrics already count.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
-from cnn_jax import pytrees
+from cnn_jax import files, pytrees
 from cnn_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -44,15 +46,28 @@ class Checkpointer:
                                                cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_handlers=ocp.StandardCheckpointHandler())
+        self._unsynced: Optional[int] = None  # the step of a save not yet fsynced
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
 
     def save(self, state: TrainState) -> None:
-        """Saves `state` at its step, in the background (`wait` or `close` to finish)."""
+        """Saves `state` at its step, in the background (`wait` or `close` to finish); the save before it
+        is finished and fsynced first."""
         with self._writing():
+            self._finish()
             self._manager.save(int(state.step), args=ocp.args.StandardSave(
                 serialization.to_state_dict(state)), force=True)
+            self._unsynced = int(state.step)
+
+    def _finish(self) -> None:
+        """Waits for the background save, then fsyncs its files, its directory and the one naming it."""
+        self._manager.wait_until_finished()
+        step, self._unsynced = self._unsynced, None
+        path = os.path.join(self.directory, str(step))
+        if step is not None and jax.process_index() == 0 and os.path.isdir(path):
+            files.fsync_tree(path)
+            files.fsync_directory(self.directory)
 
     @contextlib.contextmanager
     def _writing(self):
@@ -106,12 +121,13 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Blocks until background saves are written."""
+        """Blocks until background saves are written and fsynced."""
         with self._writing():
-            self._manager.wait_until_finished()
+            self._finish()
 
     def close(self) -> None:
         with self._writing():
+            self._finish()
             self._manager.close()
 
 
