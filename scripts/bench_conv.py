@@ -9,16 +9,17 @@ and forward+backward (input and kernel gradients) milliseconds, the fastest of `
 median, and each fastest against float32 oneDNN's on the same shape in the same run ("speedup": float32 oneDNN's
 milliseconds over the row's), so that ratios hold on a loaded machine even where absolute times do not. Each path's forward output is checked against XLA's float32 convolution first.
 """
+import dataclasses
 import time
 from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 from jax import lax
 
-from cnn_jax import ops
+from cnn_jax import cli, ops
 from cnn_jax.ops import onednn
 
 # (size, in channels, out channels, kernel, stride, groups) per shape set.
@@ -32,19 +33,41 @@ SHAPES = {
 }
 TOLERANCE = {"float32": 1e-3, "bfloat16": 2e-2}  # of the largest output, against XLA in float32
 
-_SHAPES = flags.DEFINE_list("shapes", list(SHAPES), f"Shape sets, from {', '.join(SHAPES)}.")
-_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes: float32, bfloat16.")
-_BATCH = flags.DEFINE_integer("batch", 16, "Images per call for the mobilenet (224x224) shapes.")
-_BATCH_CIFAR = flags.DEFINE_integer("batch_cifar", 128, "Images per call for the resnet20 (32x32) shapes.")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per measurement, each timed on its own.")
 
 
-def milliseconds(fn, *args) -> tuple:
+@dataclasses.dataclass(frozen=True)
+class BenchConv:
+    """Which convolutions to time, and how often.
+
+    Attributes:
+      shapes: shape sets, from resnet20, mobilenet.
+      dtypes: compute dtypes: float32, bfloat16.
+      batch: images per call for the mobilenet (224x224) shapes.
+      batch_cifar: images per call for the resnet20 (32x32) shapes.
+      repeats: timed calls per measurement, each timed on its own.
+    """
+    shapes: tuple[str, ...] = tuple(SHAPES)
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    batch: int = 16
+    batch_cifar: int = 128
+    repeats: int = 10
+
+    def __post_init__(self):
+        for name, valid in (("shapes", tuple(SHAPES)), ("dtypes", tuple(TOLERANCE))):
+            unknown = [value for value in getattr(self, name) if value not in valid]
+            if unknown:
+                raise ValueError(f"--{name}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+        for name in ("batch", "batch_cifar", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}={getattr(self, name)}: use at least 1")
+
+
+def milliseconds(fn, *args, repeats: int) -> tuple:
     """(fastest, median) milliseconds of single calls. Under load the fastest approximates the idle machine:
     oneDNN's multi-threaded kernels wait at barriers for a descheduled thread, which the median shows."""
     jax.block_until_ready(fn(*args))
     times = []
-    for _ in range(_REPEATS.value):
+    for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append((time.perf_counter() - start) * 1e3)
@@ -71,13 +94,17 @@ def paths(x, w, stride, groups):
 
 def main(argv):
     del argv
-    print(f"backend {jax.default_backend()}, batch {_BATCH_CIFAR.value} (resnet20 shapes) / {_BATCH.value} "
+    try:
+        bench = cli.parse(BenchConv())
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    print(f"backend {jax.default_backend()}, batch {bench.batch_cifar} (resnet20 shapes) / {bench.batch} "
           f"(mobilenet shapes), bf16 oneDNN kernels: {onednn.bfloat16_native()}")
     header = ["shape (HxW, Cin>Cout, k, s, g)", "dtype", "path", "fwd ms", "grad ms", "fwd speedup",
               "grad speedup", "fwd median ms", "grad median ms"]
     print(f"{header[0]:<32}{header[1]:<10}{header[2]:<9}" + "".join(f"{h:>19}" for h in header[3:]))
-    for shape_set in _SHAPES.value:
-        batch = _BATCH_CIFAR.value if shape_set == "resnet20" else _BATCH.value
+    for shape_set in bench.shapes:
+        batch = bench.batch_cifar if shape_set == "resnet20" else bench.batch
         for size, c_in, c_out, k, stride, groups in SHAPES[shape_set]:
             x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, c_in))
             w = jax.random.normal(jax.random.PRNGKey(1), (k, k, c_in // groups, c_out))
@@ -85,12 +112,13 @@ def main(argv):
                                                            feature_group_count=groups,
                                                            dimension_numbers=("NHWC", "HWIO", "NHWC")))
             rows = {}
-            for dtype in _DTYPES.value:
+            for dtype in bench.dtypes:
                 xd, wd = x.astype(dtype), w.astype(dtype)
                 for path, (forward, gradient) in paths(xd, wd, stride, groups).items():
                     got = np.asarray(forward(xd, wd).astype(jnp.float32))
                     assert np.abs(got - expected).max() <= TOLERANCE[dtype] * np.abs(expected).max(), (path, dtype)
-                    rows[dtype, path] = (milliseconds(forward, xd, wd), milliseconds(gradient, xd, wd))
+                    rows[dtype, path] = (milliseconds(forward, xd, wd, repeats=bench.repeats),
+                                         milliseconds(gradient, xd, wd, repeats=bench.repeats))
             base = rows.get(("float32", "oneDNN"))
             for (dtype, path), ((fwd, fwd_median), (grad, grad_median)) in rows.items():
                 ratios = [f"{b[0] / t:.2f}x" for t, b in zip((fwd, grad), base)] if base else ["-", "-"]
@@ -100,4 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.define_flags(BenchConv())
     app.run(main)

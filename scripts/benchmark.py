@@ -74,12 +74,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 
 from bench_lib import RecordSpec
 from bench_lib.plan import DTYPES, FRAMEWORKS, MODES, NUM_CLASSES, is_imagenet, plan
 from bench_lib.worker import RESULT_PREFIX
-from cnn_jax import models, ops
+from cnn_jax import cli, models, ops
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 # The cnn_jax variant each framework's model mirrors (params to assert, FLOPs to count); default otherwise.
@@ -91,19 +91,51 @@ RECORD_KEYS = ("framework", "model", "mode", "dtype", "batch_size", "images_per_
 MEASURED_KEYS = RECORD_KEYS[5:]
 VERSIONED = ("jax", "jaxlib", "flax", "numpy", "torch", "torchvision", "tensorflow", "tensorflow-cpu", "keras")
 
-_MODELS = flags.DEFINE_list("models", list(NUM_CLASSES), f"Models to run, from {', '.join(NUM_CLASSES)}.")
-_FRAMEWORKS = flags.DEFINE_list("frameworks", list(FRAMEWORKS), f"Frameworks to run, from {', '.join(FRAMEWORKS)}.")
-_MODES = flags.DEFINE_list("modes", list(MODES), "Modes to run: train, infer or both.")
-_DTYPE = flags.DEFINE_list("dtype", ["float32"], "Compute dtypes: float32, bfloat16 (mixed precision) or both.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size of simple_cnn and resnet20 (28x28, 32x32 inputs).")
-_BATCH_SIZE_224 = flags.DEFINE_integer("batch_size_224", 16, "Batch size of mobilenet_v2 and resnet50 (224x224).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round; rounds repeat until --min_seconds have passed.")
-_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after the first (compiling) step.")
-_MIN_SECONDS = flags.DEFINE_float("min_seconds", 10.0, "Least timed seconds per record (0: one round of --steps).")
-_TIMEOUT_S = flags.DEFINE_float("timeout_s", 1200.0, "Seconds after which a record's child process is killed.")
-_KERAS_JIT_COMPILE = flags.DEFINE_boolean(
-    "keras_jit_compile", False, "Compile Keras' steps with XLA (True) or run them as TensorFlow graphs (False).")
-_OUT = flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON list of records.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """What to measure, and how long.
+
+    Attributes:
+      models: models to run, from simple_cnn, resnet20, mobilenet_v2, resnet50.
+      frameworks: frameworks to run, from cnn_jax, torch, torch_compile, keras.
+      modes: modes to run: train, infer or both.
+      dtype: compute dtypes: float32, bfloat16 (mixed precision) or both.
+      batch_size: batch size of simple_cnn and resnet20 (28x28, 32x32 inputs).
+      batch_size_224: batch size of mobilenet_v2 and resnet50 (224x224).
+      steps: timed steps per round; rounds repeat until --min_seconds have passed.
+      warmup_steps: untimed steps after the first (compiling) step.
+      min_seconds: least timed seconds per record (0: one round of --steps).
+      timeout_s: seconds after which a record's child process is killed.
+      keras_jit_compile: compile Keras' steps with XLA (True) or run them as TensorFlow graphs (False).
+      out: where to write the JSON list of records.
+    """
+    models: tuple[str, ...] = tuple(NUM_CLASSES)
+    frameworks: tuple[str, ...] = tuple(FRAMEWORKS)
+    modes: tuple[str, ...] = tuple(MODES)
+    dtype: tuple[str, ...] = ("float32",)
+    batch_size: int = 128
+    batch_size_224: int = 16
+    steps: int = 10
+    warmup_steps: int = 2
+    min_seconds: float = 10.0
+    timeout_s: float = 1200.0
+    keras_jit_compile: bool = False
+    out: str = "benchmark.json"
+
+    def __post_init__(self):
+        for name, valid in (("models", tuple(NUM_CLASSES)), ("frameworks", FRAMEWORKS), ("modes", MODES),
+                            ("dtype", DTYPES)):
+            values = getattr(self, name)
+            unknown = [value for value in values if value not in valid]
+            if unknown or not values:
+                problem = f"unknown {', '.join(unknown)}" if unknown else "empty"
+                raise ValueError(f"--{name}={','.join(values)}: {problem}; choose from {', '.join(valid)}.")
+        for name, least in (("batch_size", 1), ("batch_size_224", 1), ("steps", 1), ("warmup_steps", 0),
+                            ("min_seconds", 0), ("timeout_s", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"--{name}={getattr(self, name)}: use at least {least}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,20 +146,6 @@ class Reference:
     forward_flops: float
     mean: tuple
     std: tuple
-
-
-def check_flags() -> None:
-    """Raises a UsageError naming the bad flag and its valid values."""
-    for flag, valid in ((_MODELS, tuple(NUM_CLASSES)), (_FRAMEWORKS, FRAMEWORKS), (_MODES, MODES),
-                        (_DTYPE, DTYPES)):
-        unknown = [value for value in flag.value if value not in valid]
-        if unknown or not flag.value:
-            problem = f"unknown {', '.join(unknown)}" if unknown else "empty"
-            raise app.UsageError(f"--{flag.name}={','.join(flag.value)}: {problem}; choose from {', '.join(valid)}.")
-    for flag, least in ((_BATCH_SIZE, 1), (_BATCH_SIZE_224, 1), (_STEPS, 1), (_WARMUP_STEPS, 0),
-                        (_MIN_SECONDS, 0), (_TIMEOUT_S, 1)):
-        if flag.value < least:
-            raise app.UsageError(f"--{flag.name}={flag.value}: use at least {least}.")
 
 
 def matmul_flops_per_sec() -> float:
@@ -250,17 +268,17 @@ def meta_path(out: str) -> str:
     return (out[:-len(".json")] if out.endswith(".json") else out) + ".meta.json"
 
 
-def record_spec(framework: str, model: str, mode: str, dtype: str = "float32") -> RecordSpec:
+def record_spec(bench: Benchmark, framework: str, model: str, mode: str, dtype: str = "float32") -> RecordSpec:
     ref = reference_for(framework, model)
     return RecordSpec(framework=framework, model=model, mode=mode,
-                      batch_size=_BATCH_SIZE_224.value if is_imagenet(model) else _BATCH_SIZE.value,
+                      batch_size=bench.batch_size_224 if is_imagenet(model) else bench.batch_size,
                       num_classes=NUM_CLASSES[model], input_shape=models.model_spec(model).input_shape,
-                      expected_params=ref.params, mean=ref.mean, std=ref.std, steps=_STEPS.value,
-                      warmup_steps=_WARMUP_STEPS.value, min_seconds=_MIN_SECONDS.value,
-                      keras_jit_compile=_KERAS_JIT_COMPILE.value, dtype=dtype)
+                      expected_params=ref.params, mean=ref.mean, std=ref.std, steps=bench.steps,
+                      warmup_steps=bench.warmup_steps, min_seconds=bench.min_seconds,
+                      keras_jit_compile=bench.keras_jit_compile, dtype=dtype)
 
 
-def metadata(planned: list, matmul: float, notes: list) -> dict:
+def metadata(bench: Benchmark, planned: list, matmul: float, notes: list) -> dict:
     """Where, when and how the records were measured: the sidecar file and the table's header."""
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -273,7 +291,8 @@ def metadata(planned: list, matmul: float, notes: list) -> dict:
                         f"{TRAIN_FLOPS_PER_FORWARD} x forward",
         "forward_gflops_per_image": {f"{f} {m}": reference_for(f, m).forward_flops / 1e9
                                      for f, m in dict.fromkeys((f, m) for f, m, *_ in planned)},
-        "flags": {flag.name: flag.value for flag in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])},
+        "flags": {name: list(value) if isinstance(value, tuple) else value
+                  for name, value in dataclasses.asdict(bench).items()},
         "notes": notes,
     }
 
@@ -281,31 +300,35 @@ def metadata(planned: list, matmul: float, notes: list) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
-    check_flags()
-    planned, notes = plan(_MODELS.value, _FRAMEWORKS.value, _MODES.value, dtypes=_DTYPE.value)
+    try:
+        bench = cli.parse(Benchmark())
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    planned, notes = plan(bench.models, bench.frameworks, bench.modes, dtypes=bench.dtype)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     matmul = matmul_flops_per_sec()
     records, failures = [], 0
     for framework, model, mode, dtype in planned:
-        spec = record_spec(framework, model, mode, dtype)
+        spec = record_spec(bench, framework, model, mode, dtype)
         print(f"{framework} {model} {mode} {dtype} (batch {spec.batch_size}) ...", file=sys.stderr, flush=True)
-        measured, error = run_record(spec, _TIMEOUT_S.value)
+        measured, error = run_record(spec, bench.timeout_s)
         if measured is None:
             failures += 1
             notes.append(f"failed {framework} {model} {mode} {dtype}: {error}")
             print(f"  failed: {error}", file=sys.stderr)
             continue
         records.append(make_record(spec, measured, reference_for(framework, model).forward_flops, matmul))
-    meta = metadata(planned, matmul, notes)
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, "w") as f:
+    meta = metadata(bench, planned, matmul, notes)
+    os.makedirs(os.path.dirname(os.path.abspath(bench.out)), exist_ok=True)
+    with open(bench.out, "w") as f:
         json.dump(records, f, indent=1)
-    with open(meta_path(_OUT.value), "w") as f:
+    with open(meta_path(bench.out), "w") as f:
         json.dump(meta, f, indent=1)
     print(format_table(records, meta))
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
+    cli.define_flags(Benchmark())
     app.run(main)

@@ -5,11 +5,15 @@
 its dominant hue, so the folder is learnable and compresses like a photo (about 10-20 KB at 224 px). The same
 arguments write the same files.
 """
-import argparse
+import dataclasses
 import os
+from typing import Optional
 
 import numpy as np
+from absl import app
 from PIL import Image
+
+from cnn_jax import cli
 
 
 def make_image(rng: np.random.Generator, label: int, classes: int, size: int) -> np.ndarray:
@@ -21,16 +25,34 @@ def make_image(rng: np.random.Generator, label: int, classes: int, size: int) ->
     return np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder to create (class subfolders go inside)")
-    parser.add_argument("--images", type=int, required=True, help="number of images in all")
-    parser.add_argument("--classes", type=int, default=5)
-    parser.add_argument("--size", type=int, default=224, help="side of the square images in pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.images < args.classes or args.classes < 2:
-        parser.error("need at least 2 classes and at least one image per class")
+@dataclasses.dataclass(frozen=True)
+class Folder:
+    """What to write.
+
+    Attributes:
+      out: folder to create (class subfolders go inside).
+      images: number of images in all.
+      classes: number of classes (subfolders), at least 2.
+      size: side of the square images in pixels.
+      seed: the random seed: the same arguments write the same files.
+    """
+    out: Optional[str] = None
+    images: int = 2000
+    classes: int = 5
+    size: int = 224
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.images < self.classes or self.classes < 2:
+            raise ValueError("need at least 2 --classes and at least one image per class (--images)")
+
+
+def main(argv) -> None:
+    del argv
+    try:
+        args = cli.parse(Folder())
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     rng = np.random.default_rng(args.seed)
     for i in range(args.images):
         label = i % args.classes
@@ -42,4 +64,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.define_flags(Folder(), required=("out",))
+    app.run(main)

@@ -12,6 +12,7 @@ Prints milliseconds per step per group and the costliest instructions. Thunk tim
 independent thunks at once on different threads the sum can exceed the step's wall time, which is printed too.
 """
 import collections
+import dataclasses
 import glob
 import gzip
 import json
@@ -19,20 +20,34 @@ import os
 import re
 import tempfile
 import time
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 
-from cnn_jax import models
+from cnn_jax import cli, models
 from cnn_jax.train import TrainConfig, create_train_state, make_optimizer, make_train_step
 
-_MODEL = flags.DEFINE_string("model", "resnet20", "Zoo model to profile.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per step.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Profiled steps (after 3 unprofiled ones).")
-_TOP = flags.DEFINE_integer("top", 12, "Costliest instructions to list.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """What to profile.
+
+    Attributes:
+      model: zoo model to profile.
+      batch_size: images per step.
+      dtype: compute dtype (params stay float32).
+      steps: profiled steps (after 3 unprofiled ones).
+      top: costliest instructions to list.
+    """
+    model: str = "resnet20"
+    batch_size: int = 128
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    steps: int = 10
+    top: int = 12
 
 CONV_MODES = ("forward", "data gradient", "weight gradient")  # the custom call's `mode` attribute
 INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\((.*)$")
@@ -82,16 +97,17 @@ def group_of(name: str, instructions: dict, bodies: dict) -> str:
 
 def main(argv):
     del argv
+    opts = cli.parse(Profile())
     jax.config.update("jax_enable_compilation_cache", False)
-    dtype = jnp.dtype(_DTYPE.value)
-    model = models.get_model(_MODEL.value, 10 if _MODEL.value in ("resnet20", "simple_cnn") else 1000, dtype=dtype)
-    shape = models.model_spec(_MODEL.value).input_shape
+    dtype = jnp.dtype(opts.dtype)
+    model = models.get_model(opts.model, 10 if opts.model in ("resnet20", "simple_cnn") else 1000, dtype=dtype)
+    shape = models.model_spec(opts.model).input_shape
     config = TrainConfig(epochs=1, learning_rate=0.01, optimizer="sgd", momentum=0.9, schedule="constant",
                          progress_bar=False, tensorboard=False)
     state = create_train_state(model, make_optimizer(config, steps_per_epoch=1), shape, 0)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.uniform(size=(_BATCH_SIZE.value, *shape)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, 10, _BATCH_SIZE.value), jnp.int32)}
+    batch = {"image": jnp.asarray(rng.uniform(size=(opts.batch_size, *shape)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 10, opts.batch_size), jnp.int32)}
     step = jax.jit(make_train_step(), donate_argnums=0)
     compiled = step.lower(state, batch).compile()
     instructions, bodies = parse_hlo(compiled.as_text())
@@ -101,10 +117,10 @@ def main(argv):
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         start = time.perf_counter()
-        for _ in range(_STEPS.value):
+        for _ in range(opts.steps):
             state, _ = compiled(state, batch)
         jax.block_until_ready(state)
-        wall = (time.perf_counter() - start) / _STEPS.value * 1e3
+        wall = (time.perf_counter() - start) / opts.steps * 1e3
         jax.profiler.stop_trace()
         (path,) = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
         with gzip.open(path) as f:
@@ -112,19 +128,20 @@ def main(argv):
     per_name = collections.Counter()
     for event in events:
         if event.get("ph") == "X" and event.get("name") in instructions:
-            per_name[event["name"]] += event["dur"] / 1e3 / _STEPS.value  # microseconds -> ms per step
+            per_name[event["name"]] += event["dur"] / 1e3 / opts.steps  # microseconds -> ms per step
     per_group = collections.Counter()
     for name, ms in per_name.items():
         per_group[group_of(name, instructions, bodies)] += ms
     total = sum(per_group.values())
-    print(f"{_MODEL.value} train step, batch {_BATCH_SIZE.value}, {_DTYPE.value}, backend {jax.default_backend()}: "
+    print(f"{opts.model} train step, batch {opts.batch_size}, {opts.dtype}, backend {jax.default_backend()}: "
           f"{wall:.1f} ms per step wall, {total:.1f} ms of thunks per step ({len(per_name)} instructions timed)")
     for group, ms in per_group.most_common():
         print(f"  {group:<56}{ms:>9.1f} ms  {ms / total:6.1%}")
     print("costliest instructions:")
-    for name, ms in per_name.most_common(_TOP.value):
+    for name, ms in per_name.most_common(opts.top):
         print(f"  {name:<40}{group_of(name, instructions, bodies):<56}{ms:>9.2f} ms")
 
 
 if __name__ == "__main__":
+    cli.define_flags(Profile())
     app.run(main)
