@@ -18,6 +18,7 @@ import numpy as np
 from cnn_jax.data import image_folder, tfds_source
 
 PREFETCH_BATCHES = 2
+READ_BYTES = 4 << 20  # serialized records read per call into Python (at least one batch): few calls an epoch
 
 
 class ArraySource:
@@ -76,9 +77,11 @@ class TfdsSource:
     def _serialized(self, pool: str, rows: np.ndarray, size: int):
         records = self._pools[pool]
 
+        step = max(size, int(READ_BYTES // max(1.0, records.mean_bytes)))
+
         def chunks():
-            for start in range(0, len(rows), size):
-                yield np.asarray(records.read(rows[start:start + size]), dtype=object)
+            for start in range(0, len(rows), step):
+                yield np.asarray(records.read(rows[start:start + step]), dtype=object)
 
         spec = self._tf.TensorSpec([None], self._tf.string)
         return self._tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()

@@ -187,6 +187,11 @@ class TfdsRecords:
     def __len__(self) -> int:
         return len(self._file)
 
+    @property
+    def mean_bytes(self) -> float:
+        """The mean size of a serialized record."""
+        return float(self._length.mean()) if len(self._length) else 0.0
+
     def read(self, positions) -> list[bytes]:
         """The serialized records at ``positions``, in that order."""
         if self._fds is None:
