@@ -147,6 +147,15 @@ def test_no_readable_checkpoint_is_an_error_and_the_checkpoints_are_kept_aside(t
     assert (tmp_path / "checkpoints" / "unreadable-8" / "garbage").exists()
 
 
+def test_a_grayscale_dataset_on_a_pretrained_backbone_is_refused_with_the_channel_rule(tmp_path):
+    if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
+        pytest.skip("needs the offline MNIST")
+    message = main_error("transfer", f"--workdir={tmp_path}", "--dataset=mnist", f"--data_dir={SHARED_DATA}",
+                         "--from_scratch", "--image_size=32", "--num_train_examples=64")
+    assert "pretrained backbones take RGB images, but mnist has 1 channel(s)" in message
+    assert not (tmp_path / "flags.json").exists()
+
+
 def test_a_diverging_run_stops_with_the_causes_and_keeps_its_checkpoints(tmp_path):
     if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
         pytest.skip("needs the offline MNIST")
