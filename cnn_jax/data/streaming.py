@@ -76,7 +76,6 @@ class TfdsSource:
 
     def _serialized(self, pool: str, rows: np.ndarray, size: int):
         records = self._pools[pool]
-
         step = max(size, int(READ_BYTES // max(1.0, records.mean_bytes)))
 
         def chunks():
