@@ -122,6 +122,7 @@ def test_cifar10_script_end_to_end_with_validation(tmp_path):
     assert results["best_step"] == 8 and os.listdir(workdir / "best")
 
 
+@pytest.mark.slow  # long end-to-end run; `python -m pytest -m slow`
 def test_killed_run_resumes_with_the_same_command(tmp_path):
     """kill -9 mid-training (as a checkpoint is being written), the same command again killed during the
     export, then once more: it resumes and completes with the evaluations of an uninterrupted run.

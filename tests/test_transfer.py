@@ -208,6 +208,7 @@ def test_class_weights_are_inverse_frequencies_and_weight_the_loss():
 
 # ---------------------------------------------------------------- the script
 
+@pytest.mark.slow  # long end-to-end run; `python -m pytest -m slow`
 def test_two_phase_transfer_end_to_end_then_predict(tmp_path):
     """Feature extraction, then fine-tuning of the last stage, from cached "pretrained" weights; what each phase
     trains changes and nothing else does; the export classifies the folder with scripts/predict.py."""
