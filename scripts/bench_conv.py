@@ -19,7 +19,7 @@ import numpy as np
 from absl import app
 from jax import lax
 
-from cnn_jax import cli, ops
+from cnn_jax import cli, huge_pages, ops
 from cnn_jax.ops import onednn
 
 # (size, in channels, out channels, kernel, stride, groups) per shape set.
@@ -128,5 +128,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    huge_pages.reexec()  # measured as the experiments run: with the huge-page tunable (cnn_jax.huge_pages)
     cli.define_flags(BenchConv())
     app.run(main)

@@ -54,6 +54,11 @@ frameworks before torch_compile was added, both modes, float32) took about 25 mi
 from smoke runs under load), most of it cnn_jax's and torch's 224x224 training steps; torch_compile adds its
 compiles, and each extra dtype repeats the lot. `--steps=2 --warmup_steps=1 --min_seconds=0` makes a smoke run.
 
+Memory pages: cnn_jax's entry points run with glibc's transparent-huge-page tunable (`cnn_jax.huge_pages`), which
+spares XLA:CPU's per-step buffers thousands of page faults a step. The tunable speeds PyTorch and Keras up too, so by
+default (`--huge_pages=all`) every framework's child gets it: the same environment for all. `--huge_pages=cnn_jax`
+runs each as its users run it out of the box, `none` runs all without it.
+
 A framework that is not installed is skipped with a note. A record that fails or runs past `--timeout_s` is
 reported, the others are still written, and the command exits with status 1.
 """
@@ -69,7 +74,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Literal, Optional
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +84,7 @@ from absl import app
 from bench_lib import RecordSpec
 from bench_lib.plan import DTYPES, FRAMEWORKS, MODES, NUM_CLASSES, is_imagenet, plan
 from bench_lib.worker import RESULT_PREFIX
-from cnn_jax import cli, models, ops
+from cnn_jax import cli, huge_pages, models, ops
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 # The cnn_jax variant each framework's model mirrors (params to assert, FLOPs to count); default otherwise.
@@ -109,6 +114,8 @@ class Benchmark:
       min_seconds: least timed seconds per record (0: one round of --steps).
       timeout_s: seconds after which a record's child process is killed.
       keras_jit_compile: compile Keras' steps with XLA (True) or run them as TensorFlow graphs (False).
+      huge_pages: whose processes run with glibc's transparent-huge-page tunable: all frameworks (the same
+        environment for every one), cnn_jax only (as its entry points run it, the peers as theirs do), or none.
       out: where to write the JSON list of records.
     """
     models: tuple[str, ...] = tuple(NUM_CLASSES)
@@ -122,6 +129,7 @@ class Benchmark:
     min_seconds: float = 10.0
     timeout_s: float = 1200.0
     keras_jit_compile: bool = False
+    huge_pages: Literal["all", "cnn_jax", "none"] = "all"
     out: str = "benchmark.json"
 
     def __post_init__(self):
@@ -180,11 +188,23 @@ def reference_for(framework: str, model: str) -> Reference:
     return reference(model, tuple(VARIANTS.get((framework, model), {}).items()))
 
 
-def run_record(spec: RecordSpec, timeout_s: float) -> tuple[Optional[dict], str]:
+def record_environment(framework: str, huge_pages_for: str) -> dict:
+    """This process's environment, with glibc's huge-page tunable for the frameworks `--huge_pages` names and
+    without it for the others."""
+    plain = {**os.environ, huge_pages.SWITCH: "0"}
+    tunables = [t for t in plain.get("GLIBC_TUNABLES", "").split(":") if t and t != huge_pages.TUNABLE]
+    plain["GLIBC_TUNABLES"] = ":".join(tunables)
+    if huge_pages_for == "all" or huge_pages_for == framework:
+        return huge_pages.environment({**plain, huge_pages.SWITCH: "1"}) or plain
+    return plain
+
+
+def run_record(spec: RecordSpec, timeout_s: float, env: dict) -> tuple[Optional[dict], str]:
     """Measures one record in a child process: its measurements, or None and why it failed."""
     command = [sys.executable, "-m", "bench_lib.worker", json.dumps(dataclasses.asdict(spec))]
     try:
-        child = subprocess.run(command, cwd=SCRIPTS_DIR, capture_output=True, text=True, timeout=timeout_s)
+        child = subprocess.run(command, cwd=SCRIPTS_DIR, capture_output=True, text=True, timeout=timeout_s,
+                               env=env)
     except subprocess.TimeoutExpired:
         return None, f"ran past --timeout_s={timeout_s:g}"
     for line in child.stdout.splitlines():
@@ -241,7 +261,8 @@ def format_table(records: list, meta: dict) -> str:
              f"model FLOPs: {meta['flops_method']}",
              f"steps: first (compile_s), {meta['flags']['warmup_steps']} warmup, then rounds of "
              f"{meta['flags']['steps']} timed for at least {meta['flags']['min_seconds']:g} s; "
-             f"keras jit_compile={meta['flags']['keras_jit_compile']}"]
+             f"keras jit_compile={meta['flags']['keras_jit_compile']}; glibc huge-page tunable for "
+             f"{meta['flags']['huge_pages']}"]
     key = lambda r: (r["model"], r["mode"], r["dtype"])
     torch_speed = {key(r): r["images_per_sec"] for r in records if r["framework"] == "torch"}
     fastest_peer = {}
@@ -312,7 +333,7 @@ def main(argv):
     for framework, model, mode, dtype in planned:
         spec = record_spec(bench, framework, model, mode, dtype)
         print(f"{framework} {model} {mode} {dtype} (batch {spec.batch_size}) ...", file=sys.stderr, flush=True)
-        measured, error = run_record(spec, bench.timeout_s)
+        measured, error = run_record(spec, bench.timeout_s, record_environment(framework, bench.huge_pages))
         if measured is None:
             failures += 1
             notes.append(f"failed {framework} {model} {mode} {dtype}: {error}")

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 
-from cnn_jax import cli, models
+from cnn_jax import cli, huge_pages, models
 from cnn_jax.train import TrainConfig, create_train_state, make_optimizer, make_train_step
 
 
@@ -143,5 +143,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    huge_pages.reexec()  # measured as the experiments run: with the huge-page tunable (cnn_jax.huge_pages)
     cli.define_flags(Profile())
     app.run(main)
