@@ -296,6 +296,22 @@ def test_tiled_fast_path_matches_reduce_window(shape, window):
     np.testing.assert_allclose(grad, reference_grad, **REORDERED)
 
 
+@pytest.mark.parametrize("window", [2, (2, 3), 3])
+def test_tiled_max_pool_gradient_goes_to_the_first_maximum_of_ties(window):
+    # Values from {0, 1, 2}: most windows hold a tied maximum. As lax.reduce_window's gradient (and PyTorch's and
+    # Keras' max pooling), the whole cotangent goes to the first maximum in row-major order, none to the others.
+    x = jnp.asarray(np.random.default_rng(1).integers(0, 3, (2, 6, 9, 3)), jnp.float32)
+    w = (window, window) if isinstance(window, int) else window
+    reduce = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, *w, 1), (1, *w, 1), "VALID")
+    cotangent = normal(2, reduce(x).shape)
+    grad = jax.vjp(lambda x: ops.max_pool(x, window), x)[1](cotangent)[0]
+    np.testing.assert_array_equal(grad, jax.vjp(reduce, x)[1](cotangent)[0])
+    assert int((grad != 0).sum()) == cotangent.size  # one nonzero per window
+    tangent = normal(3, x.shape)  # forward mode: the tangent of each window's first maximum
+    np.testing.assert_array_equal(jax.jvp(lambda x: ops.max_pool(x, window), (x,), (tangent,))[1],
+                                  jax.jvp(reduce, (x,), (tangent,))[1])
+
+
 @pytest.mark.parametrize("window, stride, padding", [(2, 2, "VALID"), (3, 2, "SAME"), (3, 1, ((1, 0), (2, 1))),
                                                      (2, 1, "CIRCULAR")])
 def test_pool_gradients_match_finite_differences(window, stride, padding):
