@@ -8,6 +8,7 @@ calling ``init`` (which compiles a program of its own, slower than the forward p
 """
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -344,3 +345,28 @@ def test_normalize():
 def test_layers_reject_bad_configurations_clearly(module, channels, match):
     with pytest.raises(ValueError, match=match):
         abstract_init(module, jnp.zeros((1, 8, 8, channels)))
+
+
+@pytest.mark.parametrize("shape, rate, broadcast_dims", [((128, 1600), 0.5, ()), ((3, 5, 7, 4), 0.1, (1, 2)),
+                                                          ((2, 9), 0.75, (-1,)), ((1,), 0.3, ())])
+def test_dropout_masks_are_flax_masks_bit_for_bit(shape, rate, broadcast_dims):
+    # The unrolled hash draws the masks of nn.Dropout (same rng stream, same bits), so runs trained before the
+    # change reproduce; the mask is also the one jax.random.bernoulli draws.
+    x = jnp.asarray(normal(0, shape))
+    for seed in range(3):
+        rngs = {"dropout": jax.random.key(seed)}
+        ours = jax.jit(lambda x: layers.Dropout(rate, broadcast_dims).apply({}, x, deterministic=False, rngs=rngs))
+        theirs = nn.Dropout(rate, broadcast_dims).apply({}, x, deterministic=False, rngs=rngs)
+        np.testing.assert_array_equal(ours(x), theirs)
+    key = jax.random.key(11)
+    np.testing.assert_array_equal(jax.jit(lambda k: layers.dropout.bernoulli(k, 0.3, shape))(key),
+                                  jax.random.bernoulli(key, 0.3, shape))
+
+
+def test_dropout_keeps_about_one_minus_rate_and_rescales():
+    x = jnp.ones((200, 500))
+    y = layers.Dropout(0.25).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    kept = np.asarray(y != 0)
+    assert abs(kept.mean() - 0.75) < 0.005  # 100,000 draws: one standard deviation is 0.0014
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)
+    assert layers.Dropout(0.25).apply({}, x, deterministic=True) is x

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax import ops
-from cnn_jax.layers import Normalize
+from cnn_jax.layers import Dropout, Normalize
 from cnn_jax.models.registry import register
 from cnn_jax.ops.checks import check_images
 
@@ -38,7 +38,7 @@ class MLPHead(nn.Module):
         if self.pool not in POOLS:
             raise ValueError(f"unknown head pool {self.pool!r}: use one of {POOLS}")
         x = x.reshape(x.shape[0], -1) if self.pool == "flatten" else ops.global_avg_pool(x)
-        drop = nn.Dropout(self.dropout, deterministic=not train)
+        drop = Dropout(self.dropout, deterministic=not train)
         for i, width in enumerate(self.hidden):
             if i:
                 x = drop(x)

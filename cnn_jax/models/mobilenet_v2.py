@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax import ops
-from cnn_jax.layers import ConvBN, InvertedResidual, Normalize
+from cnn_jax.layers import ConvBN, Dropout, InvertedResidual, Normalize
 from cnn_jax.models.registry import register
 from cnn_jax.ops.checks import check_images
 
@@ -86,7 +86,7 @@ class InvertedResidualNet(nn.Module):
         x = ConvBN(head_features, 1, activation=nn.relu6, name="head_conv", **unit)(x, train)
         self.sow("intermediates", "features", x)
         x = ops.global_avg_pool(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
         return x.astype(jnp.float32)
 
