@@ -49,7 +49,10 @@ class Conv(nn.Module):
     bias_init: Callable = nn.initializers.zeros
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, before_bias: Optional[Callable[[Array], Array]] = None) -> Array:
+        """``before_bias``, when given, applies to the convolution before its bias is added: a map that commutes
+        with adding a per-channel constant (max pooling does, exactly) then runs on the conv's output alone and the
+        bias is added to the smaller pooled map, a pass less over the layer's largest activation."""
         channels = x.shape[-1]
         if channels % self.groups:
             raise ValueError(f"{self.name}: groups={self.groups} does not divide the {channels} input channels")
@@ -57,8 +60,11 @@ class Conv(nn.Module):
                             (self.kernel_size, self.kernel_size, channels // self.groups, self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
         x = x.astype(self.dtype)
-        return ops.conv2d(x, kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype),
-                          stride=self.strides, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        y = ops.conv2d(x, kernel.astype(self.dtype), stride=self.strides, padding=self.padding,
+                       dilation=self.dilation, groups=self.groups)
+        if before_bias is not None:
+            y = before_bias(y)
+        return y if bias is None else y + bias.astype(self.dtype)
 
 
 class ConvBN(nn.Module):

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax import ops
-from cnn_jax.layers import Conv, ConvBN, Normalize
+from cnn_jax.layers import Conv, ConvBN, Dropout, Normalize
 from cnn_jax.models.mlp import MNIST_MEAN, MNIST_STD, MLPHead
 from cnn_jax.models.registry import register
 from cnn_jax.ops.checks import check_images
@@ -73,8 +73,11 @@ class SimpleCNN(nn.Module):
         # A monotone activation commutes with max pooling: pooling first runs 4x fewer activations.
         pool_first = self.pooling == "max" and self.activation in _MONOTONE_ACTIVATIONS
         for stage, features in enumerate(self.features, start=1):
-            x = Conv(features, self.kernel_size, padding="VALID", dtype=self.dtype, name=f"conv{stage}")(x)
-            x = activation(pool(x, 2)) if pool_first else pool(activation(x), 2)
+            conv = Conv(features, self.kernel_size, padding="VALID", dtype=self.dtype, name=f"conv{stage}")
+            if pool_first:  # max pooling also commutes with the bias: added to the pooled map
+                x = activation(conv(x, before_bias=lambda y: pool(y, 2)))
+            else:
+                x = pool(activation(conv(x)), 2)
             self.sow("intermediates", f"stage{stage}", x)
         self.sow("intermediates", "features", x)
         return MLPHead(self.num_classes, dropout=self.dropout, dtype=self.dtype, name="head")(x, train)
@@ -143,7 +146,7 @@ class VGGStyle(nn.Module):
                 x = ConvBN(spec.features, 3, padding_mode=self.padding_mode, dtype=self.dtype,
                            name=f"stage{stage}_conv{conv}")(x, train)
             x = ops.max_pool(x, 2)
-            x = nn.Dropout(spec.dropout, deterministic=not train)(x)
+            x = Dropout(spec.dropout, deterministic=not train)(x)
             self.sow("intermediates", f"stage{stage}", x)
         self.sow("intermediates", "features", x)
         return MLPHead(self.num_classes, self.hidden, self.dropout, dtype=self.dtype, name="head")(x, train)
