@@ -88,6 +88,15 @@ class Training:
     half_precision: bool = False
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata={NOT_A_FLAG: True})
 
+    def __post_init__(self):
+        # Checked before the processes join: an error after joining races the coordinator's exit.
+        processes = self.run.num_processes
+        sizes = {"batch_size": self.data.batch_size, "eval_batch_size": self.data.resolved_eval_batch_size}
+        for name, size in sizes.items():
+            if processes > 1 and size % processes:
+                raise ValueError(f"--{name} {size} is not divisible by the {processes} processes of "
+                                 f"--num_processes: use a multiple of {processes}")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Experiment(Training):
