@@ -370,3 +370,46 @@ def test_dropout_keeps_about_one_minus_rate_and_rescales():
     assert abs(kept.mean() - 0.75) < 0.005  # 100,000 draws: one standard deviation is 0.0014
     np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)
     assert layers.Dropout(0.25).apply({}, x, deterministic=True) is x
+
+
+@pytest.mark.parametrize("relu, use_scale, dtype", [(False, True, jnp.float32), (True, True, jnp.float32),
+                                                     (True, False, jnp.float32), (True, True, jnp.bfloat16)])
+def test_batch_norm_is_flax_batch_norm_with_its_gradient_written_out(relu, use_scale, dtype):
+    # Same variables, same forward values and running averages as nn.BatchNorm (+ jax.nn.relu); gradients
+    # within float32 rounding of JAX's own (the written-out ones sum in another order). The input's mean (3)
+    # is three times its spread, as a conv's output can be: the per-channel sums must not lose it.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(3.0, 1.0, (16, 6, 5, 8)), dtype)
+    ours = layers.BatchNorm(use_running_average=False, momentum=0.9, use_scale=use_scale, dtype=dtype, relu=relu)
+    theirs = nn.BatchNorm(use_running_average=False, momentum=0.9, use_scale=use_scale, dtype=dtype)
+    variables = theirs.init(KEY, x)
+    assert jax.tree.structure(ours.init(KEY, x)) == jax.tree.structure(variables)
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(0, 0.3, p.shape), jnp.float32), variables["params"])
+    weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def loss(module, finish, params, x):
+        y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                  mutable=["batch_stats"])
+        return jnp.sum(finish(y).astype(jnp.float32) * weights), (y, updates)
+
+    theirs_finish = jax.nn.relu if relu else (lambda y: y)
+    grad = jax.jit(jax.grad(lambda *a: loss(ours, lambda y: y, *a), argnums=(0, 1), has_aux=True))
+    grad_ref = jax.grad(lambda *a: loss(theirs, theirs_finish, *a), argnums=(0, 1), has_aux=True)
+    (grads, (y, updates)), (grads_ref, (y_ref, updates_ref)) = grad(params, x), grad_ref(params, x)
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == jnp.float32 else BFLOAT16
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(theirs_finish(y_ref), np.float32),
+                               **tolerance)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, updates_ref)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                                         **tolerance), grads, grads_ref)
+
+
+def test_batch_norm_in_eval_mode_uses_the_running_averages_and_jax_nn_relu():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3, 3, 5)), jnp.float32)
+    module = layers.BatchNorm(use_running_average=True, relu=True)
+    variables = {"params": {"scale": jnp.full(5, 2.0), "bias": jnp.full(5, -0.5)},
+                 "batch_stats": {"mean": jnp.full(5, 0.25), "var": jnp.full(5, 4.0)}}
+    expected = np.maximum((np.asarray(x) - 0.25) / np.sqrt(4.0 + 1e-5) * 2.0 - 0.5, 0.0)
+    np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-6, atol=1e-6)
+    # Guided backpropagation rewrites jax.nn.relu calls: the fused ReLU must be one in eval mode.
+    assert "relu" in str(jax.make_jaxpr(lambda x: module.apply(variables, x))(x))

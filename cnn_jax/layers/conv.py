@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax import ops
+from cnn_jax.layers.batch_norm import BatchNorm
 
 Array = jnp.ndarray
 Dtype = Any
@@ -94,7 +95,8 @@ class ConvBN(nn.Module):
         x = Conv(self.features, self.kernel_size, self.strides,
                  padding_for(self.padding_mode, self.kernel_size, self.dilation), self.dilation, self.groups,
                  use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init, name="conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                         use_scale=self.bn_use_scale, scale_init=self.bn_scale_init, dtype=self.dtype,
-                         name="bn")(x)
-        return x if self.activation is None else self.activation(x)
+        fused = self.activation is nn.relu  # BatchNorm applies it, inside its hand-written gradient
+        x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                      use_scale=self.bn_use_scale, scale_init=self.bn_scale_init, dtype=self.dtype, relu=fused,
+                      name="bn")(x)
+        return x if self.activation is None or fused else self.activation(x)

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax import ops
-from cnn_jax.layers import Conv, ConvBN, Normalize, he_normal
+from cnn_jax.layers import BatchNorm, Conv, ConvBN, Normalize, he_normal
 from cnn_jax.models.registry import register
 from cnn_jax.ops.checks import check_images
 
@@ -70,8 +70,8 @@ class AirbenchNet(nn.Module):
             x = Conv(width, 3, padding="SAME", use_bias=False, dtype=self.dtype, kernel_init=init,
                      name=f"stage{stage}_conv0")(x)
             x = ops.max_pool(x, 2)
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, use_scale=self.bn_scale,
-                             dtype=self.dtype, name=f"stage{stage}_bn0")(x)
+            x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, use_scale=self.bn_scale,
+                          dtype=self.dtype, name=f"stage{stage}_bn0")(x)
             x = nn.gelu(x)
             x = ConvBN(width, 3, padding_mode="same", activation=nn.gelu, bn_momentum=self.bn_momentum,
                        bn_use_scale=self.bn_scale, kernel_init=init, dtype=self.dtype,
