@@ -200,6 +200,7 @@ def check_comparison(workdir, study: str, arms: list[str]) -> dict:
     return comparison
 
 
+@pytest.mark.slow
 def test_mnist_sweep_trains_its_arms_then_a_rerun_reads_them_back(tmp_path):
     workdir = tmp_path / "sweep"
     command = experiment("compare", f"--workdir={workdir}", "--study=mnist_sweep", "--arms=default,kernel_5",

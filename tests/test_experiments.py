@@ -109,6 +109,7 @@ def test_mnist_script_end_to_end(tmp_path):
         assert results["test_accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_cifar10_script_end_to_end_with_validation(tmp_path):
     workdir = tmp_path / "cifar10"
     proc = run(experiment("cifar10", f"--workdir={workdir}", "--epochs=1", "--warmup_epochs=0.5",

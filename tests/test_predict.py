@@ -88,6 +88,7 @@ def _predict(workdir, *args):
                           capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow
 def test_predict_prints_top_k_per_image_and_a_line_per_unreadable_file(exported, tmp_path):
     workdir, variables = exported
     readable = _photos(tmp_path)

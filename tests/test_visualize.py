@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from PIL import Image
 
 from cnn_jax import export
@@ -42,6 +43,7 @@ def _run_with_export(root):
     return workdir
 
 
+@pytest.mark.slow
 def test_gallery_of_the_runs_test_images(tmp_path):
     workdir = _run_with_export(tmp_path)
     proc = _visualize(f"--workdir={workdir}", "--num_images=3", "--ig_steps=2", "--smoothgrad_samples=2",
