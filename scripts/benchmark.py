@@ -191,11 +191,11 @@ def reference_for(framework: str, model: str) -> Reference:
 def record_environment(framework: str, huge_pages_for: str) -> dict:
     """This process's environment, with glibc's huge-page tunable for the frameworks `--huge_pages` names and
     without it for the others."""
-    plain = {**os.environ, huge_pages.SWITCH: "0"}
-    tunables = [t for t in plain.get("GLIBC_TUNABLES", "").split(":") if t and t != huge_pages.TUNABLE]
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t != huge_pages.TUNABLE]
+    plain = {name: value for name, value in os.environ.items() if name != huge_pages.SWITCH}
     plain["GLIBC_TUNABLES"] = ":".join(tunables)
-    if huge_pages_for == "all" or huge_pages_for == framework:
-        return huge_pages.environment({**plain, huge_pages.SWITCH: "1"}) or plain
+    if huge_pages_for in ("all", framework):
+        return huge_pages.environment(plain) or plain
     return plain
 
 

@@ -40,10 +40,9 @@ def threefry2x32(key: jnp.ndarray, x1: jnp.ndarray, x2: jnp.ndarray) -> tuple:
 
 def bernoulli(key: jax.Array, p: float, shape: Sequence[int]) -> jnp.ndarray:
     """``jax.random.bernoulli(key, p, shape)`` for a threefry key, from the unrolled hash."""
-    if jax.random.key_impl(key) != jax.random.key_impl(jax.random.key(0)) or not jax.config.jax_threefry_partitionable:
-        return jax.random.bernoulli(key, p, shape)
     size = math.prod(shape)
-    if size >= 2 ** 32:
+    if (str(jax.random.key_impl(key)) != "threefry2x32" or not jax.config.jax_threefry_partitionable
+            or size >= 2 ** 32):
         return jax.random.bernoulli(key, p, shape)
     counters = lax.iota(np.uint32, size).reshape(shape)  # the low words; the high words are 0 below 2**32
     bits1, bits2 = threefry2x32(jax.random.key_data(key), jnp.zeros_like(counters), counters)
