@@ -8,6 +8,8 @@ calling ``init`` (which compiles a program of its own, slower than the forward p
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -372,36 +374,53 @@ def test_dropout_keeps_about_one_minus_rate_and_rescales():
     assert layers.Dropout(0.25).apply({}, x, deterministic=True) is x
 
 
-@pytest.mark.parametrize("relu, use_scale, dtype", [(False, True, jnp.float32), (True, True, jnp.float32),
-                                                     (True, False, jnp.float32), (True, True, jnp.bfloat16)])
-def test_batch_norm_is_flax_batch_norm_with_its_gradient_written_out(relu, use_scale, dtype):
-    # Same variables, same forward values and running averages as nn.BatchNorm (+ jax.nn.relu); gradients
-    # within float32 rounding of JAX's own (the written-out ones sum in another order). The input's mean (3)
-    # is three times its spread, as a conv's output can be: the per-channel sums must not lose it.
+@pytest.mark.parametrize("relu, use_scale, dtype, residual", [
+    (False, True, jnp.float32, False), (True, True, jnp.float32, False), (True, False, jnp.float32, False),
+    (True, True, jnp.bfloat16, False), (True, True, jnp.float32, True), (False, True, jnp.float32, True),
+    (True, True, jnp.bfloat16, True)])
+def test_batch_norm_is_flax_batch_norm_with_its_gradient_written_out(relu, use_scale, dtype, residual):
+    # Same variables, same forward values and running averages as nn.BatchNorm (+ a residual add, + jax.nn.relu);
+    # gradients within float32 rounding of JAX's own (the written-out ones sum in another order). The input's
+    # mean (3) is three times its spread, as a conv's output can be: the per-channel sums must not lose it.
+    # The reference runs in float32 on the same values: ours computes in float32 and rounds once at the end
+    # (a bfloat16 reference rounds before the residual add, which moves the ReLU's mask by a rounding).
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(3.0, 1.0, (16, 6, 5, 8)), dtype)
+    shortcut = jnp.asarray(rng.normal(0.0, 1.0, x.shape), dtype) if residual else None
     ours = layers.BatchNorm(use_running_average=False, momentum=0.9, use_scale=use_scale, dtype=dtype, relu=relu)
-    theirs = nn.BatchNorm(use_running_average=False, momentum=0.9, use_scale=use_scale, dtype=dtype)
+    theirs = nn.BatchNorm(use_running_average=False, momentum=0.9, use_scale=use_scale, dtype=jnp.float32)
     variables = theirs.init(KEY, x)
     assert jax.tree.structure(ours.init(KEY, x)) == jax.tree.structure(variables)
     params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(0, 0.3, p.shape), jnp.float32), variables["params"])
     weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
 
-    def loss(module, finish, params, x):
-        y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                  mutable=["batch_stats"])
-        return jnp.sum(finish(y).astype(jnp.float32) * weights), (y, updates)
+    def loss(apply, params, x, shortcut):
+        y, updates = apply({"params": params, "batch_stats": variables["batch_stats"]}, x, shortcut)
+        return jnp.sum(y.astype(jnp.float32) * weights), (y, updates)
 
-    theirs_finish = jax.nn.relu if relu else (lambda y: y)
-    grad = jax.jit(jax.grad(lambda *a: loss(ours, lambda y: y, *a), argnums=(0, 1), has_aux=True))
-    grad_ref = jax.grad(lambda *a: loss(theirs, theirs_finish, *a), argnums=(0, 1), has_aux=True)
-    (grads, (y, updates)), (grads_ref, (y_ref, updates_ref)) = grad(params, x), grad_ref(params, x)
+    def apply_ours(v, x, shortcut):
+        return ours.apply(v, x, residual=shortcut, mutable=["batch_stats"])
+
+    def apply_theirs(v, x, shortcut):
+        y, updates = theirs.apply(v, x.astype(jnp.float32), mutable=["batch_stats"])
+        y = y if shortcut is None else y + shortcut.astype(jnp.float32)
+        return (jax.nn.relu(y) if relu else y), updates
+
+    grad = jax.jit(jax.grad(functools.partial(loss, apply_ours), argnums=(0, 1, 2), has_aux=True))
+    grad_ref = jax.grad(functools.partial(loss, apply_theirs), argnums=(0, 1, 2), has_aux=True)
+    (grads, (y, updates)), (grads_ref, (y_ref, updates_ref)) = grad(params, x, shortcut), grad_ref(params, x, shortcut)
     tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == jnp.float32 else BFLOAT16
-    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(theirs_finish(y_ref), np.float32),
-                               **tolerance)
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), **tolerance)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, updates_ref)
+    assert (grads[2] is None) == (not residual)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                                          **tolerance), grads, grads_ref)
+
+
+def test_batch_norm_refuses_a_residual_of_another_shape():
+    x = jnp.ones((2, 4, 4, 3))
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 2, 2, 3\), its input \(2, 4, 4, 3\)"):
+        layers.BatchNorm(use_running_average=False).init(KEY, x, residual=jnp.ones((2, 2, 2, 3)))
 
 
 def test_batch_norm_in_eval_mode_uses_the_running_averages_and_jax_nn_relu():

@@ -43,16 +43,16 @@ class ResidualBlock(nn.Module):
             raise ValueError(f"unknown shortcut {self.shortcut!r}: use one of {SHORTCUTS}")
         unit = dict(bn_momentum=self.bn_momentum, dtype=self.dtype)
         residual = x.astype(self.dtype)
-        y = ConvBN(self.features, 3, self.strides, self.padding_mode, name="conv1", **unit)(x, train)
-        y = ConvBN(self.features, 3, 1, self.padding_mode, activation=None, name="conv2",
-                   bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
-                   **unit)(y, train)
         if self.strides != 1 or x.shape[-1] != self.features:
             if self.shortcut == "pad":
-                residual = _parameter_free_shortcut(x, self.features, self.strides).astype(y.dtype)
+                residual = _parameter_free_shortcut(x, self.features, self.strides).astype(self.dtype)
             else:
                 residual = ConvBN(self.features, 1, self.strides, activation=None, name="shortcut", **unit)(x, train)
-        return nn.relu(y + residual)
+        y = ConvBN(self.features, 3, self.strides, self.padding_mode, name="conv1", **unit)(x, train)
+        # relu(bn(conv2(y)) + residual), in BatchNorm's one fused pass
+        return ConvBN(self.features, 3, 1, self.padding_mode, name="conv2",
+                      bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
+                      **unit)(y, train, residual=residual)
 
 
 class Bottleneck(nn.Module):
@@ -79,15 +79,15 @@ class Bottleneck(nn.Module):
         unit = dict(use_bias=self.use_bias, bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum, dtype=self.dtype)
         out = self.features * self.expansion
         s1, s3 = (1, self.strides) if self.stride_on == "3x3" else (self.strides, 1)
-        y = ConvBN(self.features, 1, s1, name="conv1", **unit)(x, train)
-        y = ConvBN(self.features, 3, s3, self.padding_mode, name="conv2", **unit)(y, train)
-        y = ConvBN(out, 1, 1, activation=None, name="conv3",
-                   bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
-                   **unit)(y, train)
         residual = x.astype(self.dtype)
         if self.strides != 1 or x.shape[-1] != out:
             residual = ConvBN(out, 1, self.strides, activation=None, name="shortcut", **unit)(x, train)
-        return nn.relu(y + residual)
+        y = ConvBN(self.features, 1, s1, name="conv1", **unit)(x, train)
+        y = ConvBN(self.features, 3, s3, self.padding_mode, name="conv2", **unit)(y, train)
+        # relu(bn(conv3(y)) + residual), in BatchNorm's one fused pass
+        return ConvBN(out, 1, 1, name="conv3",
+                      bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
+                      **unit)(y, train, residual=residual)
 
 
 class SqueezeExcite(nn.Module):

@@ -73,7 +73,8 @@ class ConvBN(nn.Module):
 
     ``bn_momentum`` is Flax's (running = momentum * running + (1 - momentum) * batch): PyTorch's 0.1 is 0.9 here.
     ``activation=None`` gives the linear projection of inverted residuals; ``bn_use_scale=False`` leaves the
-    BatchNorm without its learned scale (airbench94).
+    BatchNorm without its learned scale (airbench94). A ``residual`` passed to the call is added before the
+    activation (a residual block's shortcut), inside BatchNorm's fused pass.
     """
     features: int
     kernel_size: int = 3
@@ -91,12 +92,12 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False, residual: Optional[Array] = None) -> Array:
         x = Conv(self.features, self.kernel_size, self.strides,
                  padding_for(self.padding_mode, self.kernel_size, self.dilation), self.dilation, self.groups,
                  use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init, name="conv")(x)
         fused = self.activation is nn.relu  # BatchNorm applies it, inside its hand-written gradient
         x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                       use_scale=self.bn_use_scale, scale_init=self.bn_scale_init, dtype=self.dtype, relu=fused,
-                      name="bn")(x)
+                      name="bn")(x, residual=residual)
         return x if self.activation is None or fused else self.activation(x)
