@@ -287,3 +287,18 @@ def test_the_huge_page_tunable_goes_to_the_frameworks_the_flag_names_and_no_othe
     for framework, huge_pages_for in [("torch", "all"), ("cnn_jax", "cnn_jax")]:
         tunables = benchmark.record_environment(framework, huge_pages_for)["GLIBC_TUNABLES"]
         assert tunables == (f"glibc.malloc.arena_max=2:{huge_pages.TUNABLE}" if given else "glibc.malloc.arena_max=2")
+
+
+def test_a_warm_record_reads_the_compilations_a_first_process_cached(tmp_path):
+    # `--compilation_cache=warm` runs each record twice with one cache directory: the first child must leave its
+    # compiled programs there, and the second must find every one of them (JAX writes an entry only on a miss:
+    # no entry is added or rewritten).
+    cache = tmp_path / "cache"
+    spec = RecordSpec(**{**bfloat16_spec("cnn_jax").__dict__, "dtype": "float32", "compilation_cache_dir": str(cache)})
+    command = [sys.executable, "-m", "bench_lib.worker", json.dumps(spec.__dict__)]
+    entries = []
+    for _ in range(2):
+        child = subprocess.run(command, cwd=SCRIPTS, capture_output=True, text=True, timeout=300)
+        assert child.returncode == 0, child.stderr[-2000:]
+        entries.append({path.name: path.stat().st_mtime_ns for path in cache.iterdir()})
+    assert entries[0] and entries[1] == entries[0]

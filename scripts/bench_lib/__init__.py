@@ -38,6 +38,7 @@ class RecordSpec:
     min_seconds: float
     keras_jit_compile: bool
     dtype: str = "float32"  # compute dtype; "bfloat16" keeps float32 params (mixed precision)
+    compilation_cache_dir: str = ""  # cnn_jax: JAX's persistent compilation cache here ("": off, a cold compile)
 
     @classmethod
     def from_dict(cls, values: dict) -> "RecordSpec":

@@ -2,7 +2,9 @@
 SGD from `make_optimizer`) and a jitted `model.apply(..., train=False)` for inference. `spec.dtype == "bfloat16"`
 builds the model as `--half_precision` does: bf16 compute, float32 params, optimizer state and loss.
 
-The persistent compilation cache is switched off, so `compile_s` is always a cold compile.
+The persistent compilation cache is switched off, so `compile_s` is a cold compile, unless the spec names a cache
+directory (`benchmark.py --compilation_cache=warm`): then every compilation is cached there, as the experiments
+cache theirs, and a second process finds them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,12 @@ def make_model(spec: RecordSpec):
 
 
 def build(spec: RecordSpec) -> Runner:
-    jax.config.update("jax_enable_compilation_cache", False)
+    if spec.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", spec.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    else:
+        jax.config.update("jax_enable_compilation_cache", False)
     model = make_model(spec)
     config = TrainConfig(epochs=1, learning_rate=LEARNING_RATE, optimizer="sgd", momentum=MOMENTUM,
                          schedule="constant", progress_bar=False, tensorboard=False)
