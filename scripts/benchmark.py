@@ -95,6 +95,7 @@ MATMUL_SIZE, MATMUL_REPEATS = 2048, 10
 RECORD_KEYS = ("framework", "model", "mode", "dtype", "batch_size", "images_per_sec", "compile_s", "peak_mem_mb",
                "flops_fraction")
 MEASURED_KEYS = RECORD_KEYS[5:]
+CACHED = ("cnn_jax", "torch_compile")  # the frameworks with on-disk compilation caches
 VERSIONED = ("jax", "jaxlib", "flax", "numpy", "torch", "torchvision", "tensorflow", "tensorflow-cpu", "keras")
 
 
@@ -118,8 +119,8 @@ class Benchmark:
       huge_pages: whose processes run with glibc's transparent-huge-page tunable: all frameworks (the same
         environment for every one), cnn_jax only (as its entry points run it, the peers as theirs do), or none.
       compilation_cache: "cold" measures each record in one fresh process, cnn_jax compiling from scratch;
-        "warm" measures it in a second process after a first has filled the on-disk compilation caches (JAX's in
-        a temporary directory; torch.compile's inductor cache), as a repeated run meets them.
+        "warm" measures cnn_jax and torch_compile records in a second process after a first has filled their
+        on-disk compilation caches (JAX's in a temporary directory; inductor's), as a repeated run meets them.
       out: where to write the JSON list of records.
     """
     models: tuple[str, ...] = tuple(NUM_CLASSES)
@@ -343,7 +344,7 @@ def main(argv):
         print(f"{framework} {model} {mode} {dtype} (batch {spec.batch_size}) ...", file=sys.stderr, flush=True)
         env = record_environment(framework, bench.huge_pages)
         measured, error = run_record(spec, bench.timeout_s, env)
-        if measured is not None and warm:  # the first run filled the caches; the second is the record
+        if measured is not None and warm and framework in CACHED:  # the first run filled the caches
             measured, error = run_record(spec, bench.timeout_s, env)
         if measured is None:
             failures += 1
