@@ -21,7 +21,7 @@ def recipe() -> common.Experiment:
         model="simple_cnn",
         data=common.DataConfig("mnist", batch_size=32, eval_batch_size=1000),
         train=common.TrainConfig(epochs=2, learning_rate=5e-3, optimizer="adam", schedule="onecycle",
-                                 warmup_epochs=0.3, label_smoothing=0.1))
+                                 warmup_epochs=0.3, label_smoothing=0.1, steps_per_execution=25))
 
 
 if __name__ == "__main__":

@@ -100,10 +100,12 @@ def check_workdir(workdir, epochs: int, flags: dict) -> dict:
 
 def test_mnist_script_end_to_end(tmp_path):
     workdir = tmp_path / "mnist"
-    proc = run(experiment("mnist", f"--workdir={workdir}", "--epochs=1",
+    # 8 steps in two calls of 4: the first call compiles, the second is timed (train_images_per_sec).
+    proc = run(experiment("mnist", f"--workdir={workdir}", "--epochs=1", "--steps_per_execution=4",
                           f"--data_dir={data_dir_for('mnist', tmp_path)}", *SMALL))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = check_workdir(workdir, 1, {"model": "simple_cnn", "num_train_examples": 256})
+    results = check_workdir(workdir, 1, {"model": "simple_cnn", "num_train_examples": 256,
+                                         "steps_per_execution": 4})
     assert "test accuracy" in proc.stdout
     if results["flags"]["data_dir"] == SHARED_DATA:  # Real digits: even 8 steps learn something.
         assert results["test_accuracy"] > 0.5

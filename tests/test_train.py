@@ -1,6 +1,7 @@
 """Tests of the training engine (cnn_jax.train) on a tiny CNN and generated images."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -359,6 +360,31 @@ def test_interrupted_run_resumes_to_the_same_end(tmp_path, caplog):
     assert os.listdir(os.path.join(resumed_dir, "best"))  # Validation split -> best/ kept.
 
 
+def test_several_steps_per_call_train_as_one_and_resume_bit_for_bit(tmp_path):
+    """steps_per_execution=4 on 10 steps per epoch with checkpoints every 3 steps: calls of 3, 1, 2, 2, 1, 1
+    steps in the first epoch (split where checkpoints and the epoch end fall). Against one step per call the
+    result differs by float rounding only (XLA fuses the loop's body its own way: a few ulps after 20 steps);
+    interrupted at step 12 and resumed, it ends bit for bit where the uninterrupted run does."""
+    dataset = tiny_dataset()
+    config = TrainConfig(epochs=2, learning_rate=0.05, checkpoint_every_steps=3, keep_checkpoints=10, **QUIET)
+    stacked = dataclasses.replace(config, steps_per_execution=4)
+    train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path / "one"))
+    train_and_evaluate(TinyCNN(), dataset, stacked, str(tmp_path / "four"))
+    resumed = str(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(TinyCNN(), FaultyDataset(dataset, 12, "interrupt"), stacked, resumed)
+    train_and_evaluate(TinyCNN(), dataset, stacked, resumed)
+    one, four, again = (final_params(str(tmp_path / workdir), config, dataset) for workdir in ("one", "four", "resumed"))
+    for name in one:
+        np.testing.assert_allclose(four[name], one[name], rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_array_equal(again[name], four[name], err_msg=name)
+    assert eval_records(resumed) == eval_records(str(tmp_path / "four"))
+    for a, b in zip(eval_records(str(tmp_path / "four")), eval_records(str(tmp_path / "one")), strict=True):
+        assert a.pop("kind") == b.pop("kind") == "eval" and a == pytest.approx(b, rel=1e-5)
+    assert (sorted(map(int, os.listdir(tmp_path / "four" / "checkpoints")))
+            == sorted(map(int, os.listdir(tmp_path / "one" / "checkpoints"))) == [3, 6, 9, 10, 12, 15, 18, 20])
+
+
 def test_run_returns_state_history_and_results_and_writes_only_checkpoints_and_metrics(tmp_path):
     dataset = tiny_dataset()
     config = TrainConfig(epochs=1, learning_rate=0.05, log_every_steps=5, progress_bar=False)
@@ -404,10 +430,11 @@ def test_eval_every_epochs_evaluates_less_often_but_always_at_the_end(tmp_path):
     assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [8, 16, 24, 32, 40]
 
 
-def test_divergence_stops_at_the_first_bad_step_keeping_good_checkpoints(tmp_path):
-    dataset = FaultyDataset(tiny_dataset(), 7, "nan")
-    config = TrainConfig(epochs=2, learning_rate=0.05, checkpoint_every_steps=3,
-                         keep_checkpoints=5, **{**QUIET, "log_every_steps": 100})
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_divergence_stops_at_the_first_bad_step_keeping_good_checkpoints(tmp_path, steps_per_execution):
+    dataset = FaultyDataset(tiny_dataset(), 7, "nan")  # With 4 steps per call, step 7 is inside a call.
+    config = TrainConfig(epochs=2, learning_rate=0.05, checkpoint_every_steps=3, keep_checkpoints=5,
+                         steps_per_execution=steps_per_execution, **{**QUIET, "log_every_steps": 100})
     with pytest.raises(TrainingDiverged,
                        match=r"NaN/Inf at step 7 (.|\n)*learning rate(.|\n)*checkpoint is step 6"):
         train_and_evaluate(TinyCNN(), dataset, config, str(tmp_path))
@@ -427,22 +454,24 @@ def test_eight_devices_agree_with_one(tmp_path):
     assert "devices 8" in proc.stdout
     assert "batch size 12 is not divisible by the 8 devices: use a multiple of 8, such as 16" \
         in proc.stdout
-    eight = dict(np.load(out))
-    assert one.keys() == eight.keys()
-    for name in one:
-        np.testing.assert_allclose(eight[name], one[name], rtol=2e-4, atol=2e-5, err_msg=name)
+    eight = np.load(out)
+    for steps_per_execution in (1, 4):  # Stacks of batches split over the devices along their second axis.
+        for name in one:
+            np.testing.assert_allclose(eight[f"{steps_per_execution}{name}"], one[name], rtol=2e-4, atol=2e-5,
+                                       err_msg=f"{steps_per_execution} steps per call: {name}")
 
 
-def _run_for_device_test(workdir: str) -> dict:
+def _run_for_device_test(workdir: str, steps_per_execution: int = 1) -> dict:
     dataset = tiny_dataset()
-    config = TrainConfig(epochs=1, learning_rate=0.05, **QUIET)
+    config = TrainConfig(epochs=1, learning_rate=0.05, steps_per_execution=steps_per_execution, **QUIET)
     train_and_evaluate(TinyCNN(), dataset, config, workdir)
     return final_params(workdir, config, dataset)
 
 
 if __name__ == "__main__":  # The 8-device half of test_eight_devices_agree_with_one.
     print("devices", jax.device_count())
-    np.savez(sys.argv[2], **_run_for_device_test(sys.argv[1]))
+    np.savez(sys.argv[2], **{f"{k}{name}": value for k in (1, 4)
+                             for name, value in _run_for_device_test(f"{sys.argv[1]}_{k}", k).items()})
     try:
         train_and_evaluate(TinyCNN(), tiny_dataset(batch_size=12), TrainConfig(**QUIET),
                            sys.argv[1] + "_odd")

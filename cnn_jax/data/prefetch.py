@@ -20,7 +20,8 @@ def prefetch_to_device(batches: Iterator[dict], size: int = 2,
 
     ``sharding`` (e.g. ``NamedSharding(mesh, P("data"))``) places every array of a batch: each batch holds this
     process's rows (all of them in a single-process run) and becomes a global array of
-    ``jax.process_count()`` times as many rows; None puts them on the default device. uint8 ``"image"`` arrays
+    ``jax.process_count()`` times as many rows, along the dimension the sharding splits (the first, or the
+    second of a stack of batches under ``P(None, "data")``); None puts them on the default device. uint8 ``"image"`` arrays
     arrive as float32 in [0, 1]. Transfers are asynchronous, so queued copies run while the caller computes.
     """
     if size < 1:
@@ -46,11 +47,18 @@ def _place(batch: dict, sharding) -> dict:
             placed[key] = jax.device_put(value)
         else:
             value = np.asarray(value)
-            shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
-            placed[key] = jax.make_array_from_process_local_data(sharding, value, shape)
+            shape = list(value.shape)
+            shape[_split_dimension(sharding)] *= jax.process_count()
+            placed[key] = jax.make_array_from_process_local_data(sharding, value, tuple(shape))
     if "image" in placed and placed["image"].dtype == jnp.uint8:
         placed["image"] = _to_float(placed["image"])
     return placed
+
+
+def _split_dimension(sharding) -> int:
+    """The dimension a NamedSharding splits over devices (the first named in its spec); 0 otherwise."""
+    spec = getattr(sharding, "spec", ())
+    return next((i for i, name in enumerate(spec) if name is not None), 0)
 
 
 def _prefetch(batches, size, sharding):

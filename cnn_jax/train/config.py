@@ -69,6 +69,13 @@ class TrainConfig:
       accumulate_steps: average the gradients of this many batches into one optimizer update
         (optax.MultiSteps), for an effective batch this many times larger; the schedule counts
         updates. 1 for none.
+      steps_per_execution: run this many train steps in one compiled call (a `lax.scan` over a
+        stack of batches, as Keras' `steps_per_execution`), so the host dispatches, transfers and
+        logs once per call; for small models whose steps take a few milliseconds. The steps and
+        their randomness are those of one call per step, the result too up to float rounding (XLA
+        may fuse a step differently inside the loop); checkpoints, logs and stop signals land on call
+        boundaries, which the loop aligns with epoch ends and `checkpoint_every_steps`. 1 for one
+        call per step.
     """
 
     epochs: int = 10
@@ -97,6 +104,7 @@ class TrainConfig:
     mixup_switch_prob: float = 0.5
     grad_clip_norm: float = 0.0
     accumulate_steps: int = 1
+    steps_per_execution: int = 1
 
     def __post_init__(self):
         _require(self.epochs >= 1, "epochs", self.epochs, "use at least 1 epoch")
@@ -145,6 +153,8 @@ class TrainConfig:
                  "use 0 for no clipping or a positive global norm, e.g. 1.0")
         _require(self.accumulate_steps >= 1, "accumulate_steps", self.accumulate_steps,
                  "use 1 for no accumulation or the number of batches per update, e.g. 4")
+        _require(self.steps_per_execution >= 1, "steps_per_execution", self.steps_per_execution,
+                 "use 1 for one compiled call per step or more steps per call, e.g. 25")
 
 
 def _require(ok: bool, field: str, value, fix: str) -> None:

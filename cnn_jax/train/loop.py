@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
+import itertools
 import logging
 import os
 import signal
@@ -37,9 +39,10 @@ from cnn_jax.train.steps import Augment, balanced_class_weights, eval_step, make
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2
-# Steps the host may dispatch ahead of the devices. Enough to hide dispatch; bounded because with several CPU
-# devices a long queue of steps with collectives deadlocks XLA:CPU's rendezvous (8 simulated devices, 100 steps).
-MAX_STEPS_IN_FLIGHT = 4
+# Calls of the train step the host may dispatch ahead of the devices. Enough to hide dispatch; bounded because
+# with several CPU devices a long queue of steps with collectives deadlocks XLA:CPU's rendezvous (8 simulated
+# devices, 100 steps).
+MAX_CALLS_IN_FLIGHT = 4
 
 
 class TrainingDiverged(FloatingPointError):
@@ -190,8 +193,11 @@ class _Run:
                          else None)
         step = make_train_step(augment, config.label_smoothing, class_weights, mixup_alpha=config.mixup_alpha,
                                cutmix_alpha=config.cutmix_alpha, mixup_switch_prob=config.mixup_switch_prob)
-        self.train_step = jax.jit(step,
-                                  in_shardings=(on_all, self.on_batch), out_shardings=(on_all, on_all),
+        self.stacked = config.steps_per_execution > 1  # Inputs are stacks of batches, one per step.
+        if self.stacked:
+            step = functools.partial(jax.lax.scan, step)
+        self.on_input = sharding_lib.steps_sharding(mesh) if self.stacked else self.on_batch
+        self.train_step = jax.jit(step, in_shardings=(on_all, self.on_input), out_shardings=(on_all, on_all),
                                   donate_argnums=0)
         self.evaluate = _make_evaluator(dataset, mesh, self.on_batch, on_all, config)
         self.logger = _TrainLogger(self.writer, ProgressBar(self.total_steps, config.progress_bar and chief),
@@ -223,18 +229,22 @@ class _Run:
     def _train_epoch(self, state, step: int, epoch: int, stop_requested):
         """One epoch's steps from `step`; saves and raises Preempted when a stop is requested."""
         config = self.config
-        batches = _checked(process_train_batches(self.dataset, epoch, step % self.steps_per_epoch), self.mesh,
-                           "batch size")
+        inputs = _checked(process_train_batches(self.dataset, epoch, step % self.steps_per_epoch), self.mesh,
+                          "batch size")
+        if self.stacked:
+            inputs = _stacks(inputs, step, epoch * self.steps_per_epoch, self.steps_per_epoch,
+                             config.steps_per_execution, config.checkpoint_every_steps)
         self.logger.resume_clock()
         in_flight = collections.deque()
-        for batch in prefetch_to_device(batches, PREFETCH_BATCHES, self.on_batch):
+        for batch in prefetch_to_device(inputs, PREFETCH_BATCHES, self.on_input):
             state, metrics = self.train_step(state, batch)
-            step += 1
+            steps = batch["label"].shape[0] if self.stacked else 1
+            step += steps
             in_flight.append(metrics["loss"])
-            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+            if len(in_flight) > MAX_CALLS_IN_FLIGHT:
                 in_flight.popleft().block_until_ready()
-            self.logger.add(step, metrics, batch["image"].shape[0])
-            if step % config.log_every_steps == 0:
+            self.logger.add(step, metrics, steps, batch["label"].size)
+            if step // config.log_every_steps > (step - steps) // config.log_every_steps:
                 self.logger.flush(step)
             if stop_requested(step):
                 self._save(state)
@@ -285,6 +295,25 @@ def _evaluate_epoch(evaluate, state: TrainState, has_validation: bool, step: int
     test = evaluate(state, "test")
     record.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     return record, test
+
+
+def _stacks(batches: Iterator[dict], step: int, epoch_start: int, steps_per_epoch: int, steps_per_call: int,
+            checkpoint_every_steps: int) -> Iterator[dict]:
+    """Groups an epoch's batches from global `step` on into stacks (steps x batch x ...), one per compiled call.
+
+    A stack holds `steps_per_call` batches, counted from the epoch's start, and ends early where the epoch does
+    or where a checkpoint of `checkpoint_every_steps` falls, so those land on call boundaries.
+    """
+    epoch_end = epoch_start + steps_per_epoch
+    while True:
+        end = min(epoch_end, epoch_start + ((step - epoch_start) // steps_per_call + 1) * steps_per_call)
+        if checkpoint_every_steps:
+            end = min(end, (step // checkpoint_every_steps + 1) * checkpoint_every_steps)
+        group = list(itertools.islice(batches, end - step))
+        if not group:
+            return
+        yield {key: np.stack([batch[key] for batch in group]) for key in group[0]}
+        step += len(group)
 
 
 def _best_eval(history: list) -> Optional[dict]:
@@ -365,23 +394,30 @@ class _TrainLogger:
         self._seconds += elapsed
         return elapsed
 
-    def add(self, step: int, metrics: dict, images: int) -> None:
+    def add(self, step: int, metrics: dict, steps: int, images: int) -> None:
+        """Holds the metrics of the `steps` steps up to `step` (one value each, or a row per step), which
+        trained on `images` images."""
         self._pending.append((step, metrics))
         if not self._compiled:
             jax.block_until_ready(metrics)  # One wait, so the clock starts after compilation.
             self._compiled = True
             self._clock = time.perf_counter()
             return
-        self._steps += 1
+        self._steps += steps
         self._interval_images += images
 
     def flush(self, step: int) -> None:
         if not self._pending:
             return
-        steps, values = zip(*self._pending)
-        values = jax.device_get(values)
+        held = jax.device_get(self._pending)
         elapsed = self._tick()
         self._pending = []
+        steps, values = [], []
+        for last, metrics in held:
+            rows = {key: np.atleast_1d(value) for key, value in metrics.items()}
+            count = len(rows["loss"])
+            steps += range(last - count + 1, last + 1)
+            values += [{key: value[i] for key, value in rows.items()} for i in range(count)]
         for s, v in zip(steps, values):
             if not v["finite"]:
                 raise TrainingDiverged(

@@ -39,6 +39,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def steps_sharding(mesh: Mesh) -> NamedSharding:
+    """Splits the batch dimension of a stack of batches (steps x batch x ...) across the "data" axis."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """A full copy on every device (params, optimizer state, metrics)."""
     return NamedSharding(mesh, PartitionSpec())
