@@ -104,10 +104,10 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
     start_time = time.time() if start_time is None else start_time
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding_lib.make_mesh()
-    run = _Run(model, dataset, config, workdir, mesh, augment, fine_tuning)
+    run = _Run(model, dataset, config, workdir, mesh, augment, fine_tuning, start_time)
     try:
         with _stop_signals() as stop_requested:
-            state = run.train(stop_requested, start_time)
+            state = run.train(stop_requested)
     finally:
         run.close()
     test = run.last_test or run.evaluate(state, "test")  # A rerun of a finished run evaluates only.
@@ -167,7 +167,9 @@ def _stop_signals():
 class _Run:
     """The parts of one training run: state, checkpoints, metrics, the jitted steps."""
 
-    def __init__(self, model, dataset, config: TrainConfig, workdir: str, mesh, augment, fine_tuning):
+    def __init__(self, model, dataset, config: TrainConfig, workdir: str, mesh, augment, fine_tuning,
+                 start_time: float):
+        self.start_time = start_time
         info = dataset.info
         self.dataset, self.config, self.mesh = dataset, config, mesh
         self.steps_per_epoch = dataset.steps_per_epoch
@@ -201,10 +203,10 @@ class _Run:
                                   donate_argnums=0)
         self.evaluate = _make_evaluator(dataset, mesh, self.on_batch, on_all, config)
         self.logger = _TrainLogger(self.writer, ProgressBar(self.total_steps, config.progress_bar and chief),
-                                   make_schedule(config, self.steps_per_epoch), self.steps_per_epoch)
+                                   make_schedule(config, self.steps_per_epoch), self.steps_per_epoch, start_time)
         self.last_test = None
 
-    def train(self, stop_requested: Callable[[int], bool], start_time: float) -> TrainState:
+    def train(self, stop_requested: Callable[[int], bool]) -> TrainState:
         """Trains from the restored step to the last; returns the final state."""
         state, config = self.initial_state, self.config
         try:
@@ -217,7 +219,7 @@ class _Run:
                     self._save(state)
                     continue
                 self.logger.pause_clock()
-                self._evaluate_and_save(state, step, epoch, start_time)
+                self._evaluate_and_save(state, step, epoch)
         except TrainingDiverged as error:
             self.checkpoints.wait()
             last_good = self.checkpoints.latest_step()
@@ -264,11 +266,11 @@ class _Run:
         self.writer.sync()
         self.checkpoints.save(state)
 
-    def _evaluate_and_save(self, state, step: int, epoch: int, start_time: float) -> None:
+    def _evaluate_and_save(self, state, step: int, epoch: int) -> None:
         best_before = _best_eval(self.writer.history)
         record, self.last_test = _evaluate_epoch(self.evaluate, state, self.dataset.info.num_validation > 0,
                                                  step, epoch)
-        record["elapsed_s"] = time.time() - start_time
+        record["elapsed_s"] = time.time() - self.start_time
         log.info("epoch %d/%d: %s", epoch + 1, self.config.epochs, ", ".join(
             f"{k} {v:.4f}" for k, v in record.items() if k.endswith(("accuracy", "loss"))))
         self.writer.write(record)
@@ -366,11 +368,13 @@ class _TrainLogger:
     A flush checks every held step for NaN/Inf (raising TrainingDiverged at the first bad
     one), writes one averaged "train" record, and redraws the progress bar. The clock counts
     training only: it pauses for evaluation, and starts after the first step, whose time is
-    mostly compilation.
+    mostly compilation; its end is logged as the time from `start_time` (the command's start) to the first
+    trained step.
     """
 
     def __init__(self, writer: MetricWriter, progress: ProgressBar, schedule,
-                 steps_per_epoch: int):
+                 steps_per_epoch: int, start_time: float):
+        self._start_time = start_time
         self._writer, self._progress = writer, progress
         self._schedule, self._steps_per_epoch = schedule, steps_per_epoch
         self._pending: list[tuple[int, dict]] = []
@@ -400,6 +404,8 @@ class _TrainLogger:
         self._pending.append((step, metrics))
         if not self._compiled:
             jax.block_until_ready(metrics)  # One wait, so the clock starts after compilation.
+            log.info("first train call (%d step%s) done %.1f s after the start, its compilation included", steps,
+                     "s" * (steps > 1), time.time() - self._start_time)
             self._compiled = True
             self._clock = time.perf_counter()
             return
