@@ -177,8 +177,9 @@ def _report(results: dict, config: Training) -> str:
 
     if jax.process_index() != 0:
         return f"process {jax.process_index()} done; process 0 wrote the results"
+    speed = results["train_images_per_sec"]  # 0 when the first call (compiling) was the only one
     return (f"test accuracy {results['test_accuracy']:.4f} in {results['wall_time_s']:.1f} s "
-            f"({results['train_images_per_sec']:,.0f} train images/s); "
+            f"({f'{speed:,.0f} train images/s' if speed else 'too few train calls to time'}); "
             f"results in {os.path.join(config.run.workdir, 'results.json')}")
 
 

@@ -24,3 +24,12 @@ def float32_precision():
     (on GPUs the default precision uses TF32 or bfloat16 passes)."""
     with jax.default_matmul_precision("float32"):
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def input_cache(tmp_path_factory):
+    """Decoded datasets are cached for this test session only (its subprocesses inherit the variable), so tests
+    neither read nor fill the user's ~/.cache/cnn_jax."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNN_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("cnn_jax_cache")))
+        yield

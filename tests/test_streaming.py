@@ -277,3 +277,53 @@ def test_a_killed_streaming_run_resumes_with_the_evaluations_of_an_uninterrupted
 
     assert len(evaluations(workdir)) == 3
     assert evaluations(workdir) == evaluations(tmp_path / "straight")
+
+
+# --- the decoded-dataset cache -----------------------------------------------------------------
+
+def _read_without_tensorflow(monkeypatch, name, data_dir):
+    """read_tfds with TensorFlow made unimportable: only the cache can answer."""
+    from cnn_jax.data import tfds_source
+
+    def no_tensorflow():
+        raise AssertionError("TensorFlow was needed")
+
+    monkeypatch.setattr(tfds_source, "import_tensorflow", no_tensorflow)
+    return tfds_source.read_tfds(name, data_dir)
+
+
+def test_a_dataset_read_once_is_read_again_from_the_cache_without_tensorflow(tmp_path, monkeypatch):
+    from cnn_jax.data import tfds_source
+
+    monkeypatch.setenv(tfds_source.CACHE_ENV, str(tmp_path / "cache"))
+    data_dir = write_tfds(str(tmp_path / "tfds"))
+    first = tfds_source.read_tfds("mnist", data_dir)
+    (cached,) = os.listdir(tmp_path / "cache" / "input")
+    assert cached.startswith("tfds-mnist-") and cached.endswith(".npz")
+    again = _read_without_tensorflow(monkeypatch, "mnist", data_dir)
+    assert again.class_names == first.class_names and again.splits.keys() == first.splits.keys()
+    for split, (images, labels) in first.splits.items():
+        np.testing.assert_array_equal(again.splits[split][0], images)
+        np.testing.assert_array_equal(again.splits[split][1], labels)
+        assert again.splits[split][1].dtype == labels.dtype == np.int32
+
+
+def test_a_corrupt_or_stale_cache_is_decoded_again_and_rewritten(tmp_path, monkeypatch, caplog):
+    from cnn_jax.data import tfds_source
+
+    monkeypatch.setenv(tfds_source.CACHE_ENV, str(tmp_path / "cache"))
+    data_dir = write_tfds(str(tmp_path / "tfds"))
+    first = tfds_source.read_tfds("mnist", data_dir)
+    (cached,) = (tmp_path / "cache" / "input").iterdir()
+    cached.write_bytes(cached.read_bytes()[:1000])  # cut short, as by a full disk
+    with caplog.at_level(logging.WARNING):
+        again = tfds_source.read_tfds("mnist", data_dir)
+    assert "ignoring the unreadable dataset cache" in caplog.text
+    np.testing.assert_array_equal(again.splits["train"][0], first.splits["train"][0])
+    _read_without_tensorflow(monkeypatch, "mnist", data_dir)  # rewritten whole
+
+    monkeypatch.undo()
+    monkeypatch.setenv(tfds_source.CACHE_ENV, str(tmp_path / "cache"))
+    write_tfds(data_dir, shard_lengths=(30, 11))  # the dataset changed: other files, another key
+    changed = tfds_source.read_tfds("mnist", data_dir)
+    assert len(changed.splits["train"][1]) == 41 and len(list((tmp_path / "cache" / "input").iterdir())) == 2

@@ -370,13 +370,14 @@ def load(config: DataConfig) -> Dataset:
     """
     if is_folder_path(config.dataset):
         return _load_folder(config)
-    tf, builder, class_names, image_shape = tfds_source.open_tfds(config.dataset, config.data_dir, config.image_size)
+    builder, class_names, image_shape = tfds_source.open_tfds(config.dataset, config.data_dir, config.image_size)
     splits = builder.info.splits
     if "train" not in splits:
         raise ValueError(f"dataset {config.dataset!r} has no train split (splits: {sorted(splits)})")
     test_split = next((split for split in ("test", "validation") if split in splits), None)
     examples = sum(splits[split].num_examples for split in splits)
     if _streams(config, examples, image_shape, f"tfds {config.dataset}"):
+        tf = tfds_source.import_tensorflow()
         pools = {"train": tfds_source.TfdsRecords(tf, builder, "train")}
         if test_split is not None:
             pools["test"] = tfds_source.TfdsRecords(tf, builder, test_split)

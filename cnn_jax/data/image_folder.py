@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = "JPEG, PNG, GIF, BMP or WebP"
 _DECODE_BATCH = 256
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax", "input")
 _SHOWN_SKIPPED = 3  # skipped files named in the log line
 _TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*", re.DOTALL)  # op names around TF's error message
 
@@ -180,7 +179,7 @@ def scan_image_folder(root: str, image_size: tuple[int, int], channels: int = 3,
     skipped paths), the same files and labels ``read_image_folder`` keeps.
 
     Every file is decoded and resized once (tf.data, in parallel); the outcome is cached in ``cache_dir`` (default
-    ``~/.cache/cnn_jax/input``) under a key of every path, size and modification time, so a resumed run skips it.
+    ``tfds_source.input_cache_dir()``, ``~/.cache/cnn_jax/input``) under a key of every path, size and modification time, so a resumed run skips it.
     """
     root, class_names, paths, labels = list_image_folder(root)
     image_size = _check_size(image_size, f"image folder {root}")
@@ -188,7 +187,7 @@ def scan_image_folder(root: str, image_size: tuple[int, int], channels: int = 3,
     for path in paths:
         stat = os.stat(path)
         key.update(f"\0{path}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    cache = os.path.join(cache_dir or DEFAULT_CACHE_DIR, f"folder-{key.hexdigest()[:32]}.npy")
+    cache = os.path.join(cache_dir or tfds_source.input_cache_dir(), f"folder-{key.hexdigest()[:32]}.npy")
     try:
         read = np.load(cache)
         log.info("readable files of %s from the cache %s", root, cache)

@@ -1,21 +1,38 @@
 """Reads a tensorflow-datasets image classification dataset into uint8 numpy arrays.
 
-TensorFlow is imported only when a dataset is read, so ``import cnn_jax.data`` stays cheap for
-code that needs only augmentation or batching.
+TensorFlow is imported only to decode: ``import cnn_jax.data`` stays cheap for code that needs only augmentation
+or batching, and a dataset read once is kept decoded in a cache (``read_tfds``), so reading it again needs neither
+TensorFlow (seconds to import) nor decoding.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import logging
 import os
 import socket
+import tempfile
 import urllib.parse
+import zipfile
 from typing import Optional
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 TESTED_DATASETS = ("mnist", "cifar10", "tf_flowers")
 _READ_CHUNK = 4096
 _CONNECT_TIMEOUT_S = 5.0
+CACHE_ENV = "CNN_JAX_CACHE_DIR"  # the root of every cnn_jax input cache; default ~/.cache/cnn_jax
+_CACHE_FORMAT = 1  # bump when what a cache file holds changes
+
+
+def input_cache_dir() -> str:
+    """Where decoded datasets and image-folder scans are cached: ``$CNN_JAX_CACHE_DIR/input``, by default
+    ``~/.cache/cnn_jax/input``."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax")
+    return os.path.join(root, "input")
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -29,14 +46,19 @@ class TfdsArrays:
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def import_tfds():
+def import_tensorflow():
+    """TensorFlow, kept off the GPU (it is only a reader here; JAX owns the devices)."""
     import tensorflow as tf
-    import tensorflow_datasets as tfds
-    try:  # TF is only a reader here: keep it off the GPU, which JAX owns.
+    try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TF was initialised earlier by the caller; its devices are its business.
         pass
-    return tf, tfds
+    return tf
+
+
+def import_tfds():
+    import tensorflow_datasets as tfds
+    return import_tensorflow(), tfds
 
 
 def _check_reachable(urls, timeout_s: float = _CONNECT_TIMEOUT_S):
@@ -122,12 +144,79 @@ def read_tfds(name: str, data_dir: Optional[str] = None,
     ``image_size`` resizes (aspect kept, centre cropped); it is required for datasets whose
     images vary in size, such as tf_flowers. ``data_dir=None`` is tfds's default, which honours
     ``TFDS_DATA_DIR``.
+
+    The decoded arrays are cached in ``input_cache_dir()`` under a key of the dataset's files (path, size and
+    modification time of each), the image size and the cache format, and read from there while the key holds: the
+    arrays are the same, and TensorFlow is not imported. A cache file that cannot be read or does not match the
+    dataset is ignored and rewritten; one that cannot be written is skipped (logged).
     """
-    tf, tfds = import_tfds()
+    import tensorflow_datasets as tfds
+
     builder = _builder(tfds, name, data_dir)
     class_names = _check_features(builder, name, image_size)
-    splits = {split: _read_split(tf, tfds, builder, split, image_size) for split in builder.info.splits}
+    cache = _cache_path(builder, image_size)
+    arrays = _read_cache(cache, builder, class_names)
+    if arrays is None:
+        tf = import_tensorflow()
+        arrays = TfdsArrays(class_names, {split: _read_split(tf, tfds, builder, split, image_size)
+                                          for split in builder.info.splits})
+        _write_cache(cache, arrays)
+    return arrays
+
+
+def _cache_path(builder, image_size) -> str:
+    key = hashlib.sha256(f"{_CACHE_FORMAT} {builder.info.full_name} {image_size}".encode())
+    for split in sorted(builder.info.splits):
+        for instruction in builder.info.splits[split].file_instructions:
+            path = os.fspath(instruction.filename)
+            stat = os.stat(path)
+            key.update(f"\0{split}\t{path}\t{instruction.skip}\t{instruction.take}\t{stat.st_size}\t"
+                       f"{stat.st_mtime_ns}".encode())
+    return os.path.join(input_cache_dir(), f"tfds-{builder.info.name}-{key.hexdigest()[:32]}.npz")
+
+
+def _read_cache(path: str, builder, class_names: tuple[str, ...]) -> Optional[TfdsArrays]:
+    """The arrays cached at ``path`` if they are there, readable and of this dataset's classes and splits."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            splits = {split: (cached[f"{split}/images"], cached[f"{split}/labels"]) for split in builder.info.splits}
+            cached_names = tuple(str(n) for n in cached["class_names"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        log.warning("ignoring the unreadable dataset cache %s (%s: %s); decoding the dataset again", path,
+                    type(error).__name__, error)
+        return None
+    counts = {split: builder.info.splits[split].num_examples for split in builder.info.splits}
+    if cached_names != class_names or any(
+            images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int32
+            or len(images) != counts[split] or len(labels) != counts[split] for split, (images, labels) in splits.items()):
+        log.warning("ignoring the dataset cache %s: it does not match the dataset; decoding it again", path)
+        return None
+    log.info("decoded %s from the cache %s", builder.info.name, path)
     return TfdsArrays(class_names, splits)
+
+
+def _write_cache(path: str, arrays: TfdsArrays) -> None:
+    """Writes the arrays to ``path`` atomically (a temporary file renamed), so readers never see half a file."""
+    contents = {"class_names": np.asarray(arrays.class_names, str)}
+    for split, (images, labels) in arrays.splits.items():
+        contents.update({f"{split}/images": images, f"{split}/labels": labels})
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    except OSError as error:
+        log.info("the decoded dataset was not cached (%s)", error)
+        return
+    try:
+        with os.fdopen(handle, "wb") as f:
+            np.savez(f, **contents)
+        os.replace(temporary, path)
+        log.info("cached the decoded dataset in %s", path)
+    except OSError as error:
+        log.info("the decoded dataset was not cached (%s)", error)
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
 
 
 _TFRECORD_HEADER = 12  # uint64 length, uint32 masked CRC of the length; the data's CRC (4 bytes) follows the data
@@ -204,14 +293,15 @@ class TfdsRecords:
 
 
 def open_tfds(name: str, data_dir: Optional[str] = None, image_size: Optional[tuple[int, int]] = None):
-    """What streaming a tfds dataset needs without reading it: the builder, its class names, the
-    ``(image, label)`` keys and the decoded image shape (H, W, C)."""
-    tf, tfds = import_tfds()
+    """What choosing how to read a tfds dataset needs, without reading it or importing TensorFlow: the builder,
+    its class names and the decoded image shape (H, W, C)."""
+    import tensorflow_datasets as tfds
+
     builder = _builder(tfds, name, data_dir)
     class_names = _check_features(builder, name, image_size)
     image = builder.info.features[builder.info.supervised_keys[0]]
     height, width = image_size or image.shape[:2]
-    return tf, builder, class_names, (int(height), int(width), int(image.shape[2] or 3))
+    return builder, class_names, (int(height), int(width), int(image.shape[2] or 3))
 
 
 def decode_record(tf, builder, serialized, image_size):

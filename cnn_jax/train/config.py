@@ -42,7 +42,7 @@ class TrainConfig:
         this many epochs and of the last one; checkpoints are saved at every epoch end anyway.
         Fewer evaluations leave more of a time budget to training.
       progress_bar: draw a one-line progress bar on stderr.
-      tensorboard: also write TensorBoard event files (imports TensorFlow, a few seconds).
+      tensorboard: also write the metrics as TensorBoard scalars (`cnn_jax.train.events`).
       test_time_flip: evaluate on the mean logits of each image and its left-right mirror
         (for data whose classes are mirror-symmetric, as CIFAR-10's are).
       class_weights: weight each example's loss by the inverse frequency of its class in the

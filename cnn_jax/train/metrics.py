@@ -10,6 +10,7 @@ import os
 import sys
 
 from cnn_jax.files import write_atomically
+from cnn_jax.train.events import EventFileWriter
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -35,7 +36,7 @@ class MetricWriter:
         if write:
             write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.history))
             self._file = open(path, "a", encoding="utf-8")
-            self._tensorboard = _TensorBoardWriter(workdir) if tensorboard else None
+            self._tensorboard = EventFileWriter(os.path.join(workdir, TENSORBOARD_DIR)) if tensorboard else None
 
     def write(self, record: dict) -> None:
         """Writes one record: {"kind": "train" | "eval", "step": int, ...numbers}.
@@ -64,33 +65,6 @@ class MetricWriter:
             self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
-
-
-class _TensorBoardWriter:
-    """Scalars as TensorBoard event files, through TensorFlow's core summary ops.
-
-    `tf.summary.scalar` needs the separate `tensorboard` package; `tf.summary.write` with the
-    scalars plugin's metadata writes the same events without it.
-    """
-
-    def __init__(self, workdir: str):
-        import tensorflow as tf  # Imported only here: nothing else in the engine needs it.
-        from tensorflow.core.framework import summary_pb2
-
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
-        self._metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-
-    def write(self, step: int, scalars: dict) -> None:
-        with self._writer.as_default(step=step):
-            for tag, value in scalars.items():
-                self._tf.summary.write(tag, self._tf.constant(value, self._tf.float32),
-                                       metadata=self._metadata)
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 def read_records(path: str) -> list[dict]:
