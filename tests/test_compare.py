@@ -210,8 +210,9 @@ def test_mnist_sweep_trains_its_arms_then_a_rerun_reads_them_back(tmp_path):
     comparison = check_comparison(workdir, "mnist_sweep", ["default", "kernel_5"])
     flags = read_json(workdir / "kernel_5" / "flags.json")  # the MNIST recipe, the arm's model, --epochs
     assert (flags["optimizer"], flags["model"], flags["model_kwargs"]) == ("adam", "simple_cnn", {"kernel_size": 5})
-    recipe = mnist.recipe().train  # its warmup, scaled to the study's single epoch
-    assert flags["warmup_epochs"] == pytest.approx(recipe.warmup_epochs / recipe.epochs)
+    recipe = mnist.recipe().train  # its warmup, scaled from the sweep's 2 epochs to the study's single epoch
+    assert flags["warmup_epochs"] == pytest.approx(recipe.warmup_epochs / 2)
+    assert flags["steps_per_execution"] == 1 and mnist.recipe().train.steps_per_execution > 1
     assert "| kernel_5 | simple_cnn | 5x5 kernels | 62,346 |" in proc.stdout
     if flags["data_dir"] == SHARED_DATA:  # Real digits: even 8 steps learn something.
         assert comparison["arms"][0]["test_accuracy"] > 0.5
