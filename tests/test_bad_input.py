@@ -64,7 +64,7 @@ NO_DATA = "--data_dir=/nonexistent"  # any case that read data would fail differ
 def test_a_rerun_with_other_settings_is_refused_listing_each_difference(tmp_path):
     before = recorded(tmp_path)
     message = main_error("mnist", f"--workdir={tmp_path}", "--learning_rate=0.5", "--epochs=4", NO_DATA)
-    assert "holds a run started with other settings (epochs: 2 then, 4 now; learning_rate: 0.005 then, 0.5 now)" \
+    assert "holds a run started with other settings (epochs: 3 then, 4 now; learning_rate: 0.005 then, 0.5 now)" \
         in message and "use a new --workdir" in message
     assert (tmp_path / "flags.json").read_bytes() == before
 
@@ -77,8 +77,8 @@ def test_another_dataset_folder_with_the_same_classes_is_a_changed_setting(tmp_p
 
 def test_more_epochs_for_a_finished_run_need_extend_epochs_and_fewer_are_refused(tmp_path):
     recorded(tmp_path)
-    assert "add --extend_epochs" in main_error("mnist", f"--workdir={tmp_path}", "--epochs=3", NO_DATA)
-    assert "epochs: 2 then, 1 now" in main_error("mnist", f"--workdir={tmp_path}", "--epochs=1", "--extend_epochs",
+    assert "add --extend_epochs" in main_error("mnist", f"--workdir={tmp_path}", "--epochs=4", NO_DATA)
+    assert "epochs: 3 then, 1 now" in main_error("mnist", f"--workdir={tmp_path}", "--epochs=1", "--extend_epochs",
                                                  NO_DATA)
 
 
@@ -111,7 +111,7 @@ def test_a_workdir_that_is_a_file_or_cannot_be_created(tmp_path):
     (["--model=resnet_9000"], "unknown model 'resnet_9000'; choose one of: "),
     (["--learning_rate=-1"], "TrainConfig.learning_rate=-1.0 is invalid: use a positive learning rate"),
     (["--epochs=0"], "TrainConfig.epochs=0 is invalid: use at least 1 epoch"),
-    (["--warmup_epochs=3"], "TrainConfig.warmup_epochs=3.0 is invalid: use a value in [0, epochs=2)"),
+    (["--warmup_epochs=3"], "TrainConfig.warmup_epochs=3.0 is invalid: use a value in [0, epochs=3)"),
     (["--label_smoothing=1.5"], "TrainConfig.label_smoothing=1.5 is invalid"),
     (["--batch_size=0"], "DataConfig.batch_size must be a positive integer, got 0"),
     (["--image_size=100000"], "image_size"),
