@@ -3,15 +3,20 @@
 Each write goes to a temporary sibling named after this process (so two writers never share one),
 is fsynced, renamed over the target, and the directory is fsynced so the rename itself is on disk.
 A directory (an export) is staged whole beside its target (`staging_path`, `fsync_tree`) and
-swapped in by renames (`swap_in`).
+swapped in by renames (`swap_in`). `files_key` names a cache derived from files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import uuid
-from typing import Union
+from typing import BinaryIO, Callable, Iterable, Union
+
+# What a write takes: text (written as UTF-8), bytes, or a function that writes to the open binary file
+# (large data, e.g. ``np.savez``, without a second copy in memory).
+Content = Union[str, bytes, Callable[[BinaryIO], None]]
 
 
 def fsync_directory(directory: str) -> None:
@@ -29,11 +34,13 @@ def staging_path(path: str, what: str = "new") -> str:
                         f".{os.path.basename(path)}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def write_synced(path: str, content: Union[str, bytes]) -> None:
+def write_synced(path: str, content: Content) -> None:
     """Writes ``content`` to ``path`` and fsyncs it (a file inside a staged directory, or a partial file)."""
-    data = content.encode("utf-8") if isinstance(content, str) else content
     with open(path, "wb") as f:
-        f.write(data)
+        if callable(content):
+            content(f)
+        else:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
         f.flush()
         os.fsync(f.fileno())
 
@@ -62,7 +69,7 @@ def swap_in(staged: str, target: str) -> None:
         shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
 
 
-def write_atomically(path: str, content: Union[str, bytes]) -> None:
+def write_atomically(path: str, content: Content) -> None:
     """Replaces ``path`` with ``content`` in one step; a failed write leaves the old file as it was."""
     partial = staging_path(path, "tmp")
     try:
@@ -78,3 +85,13 @@ def write_atomically(path: str, content: Union[str, bytes]) -> None:
 def write_json(path: str, value) -> None:
     """``value`` as indented, key-sorted JSON, written atomically."""
     write_atomically(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def files_key(paths: Iterable[str], *extra) -> str:
+    """A 32-hex-digit key of ``extra`` and each file's path, size and modification time, naming a cache derived
+    from those files: a file added, removed, renamed or rewritten (size or mtime changed) gives another key."""
+    key = hashlib.sha256(repr(extra).encode())
+    for path in paths:
+        stat = os.stat(path)
+        key.update(repr((os.fspath(path), stat.st_size, stat.st_mtime_ns)).encode())
+    return key.hexdigest()[:32]

@@ -1,4 +1,4 @@
-"""Tests of cnn_jax.train.workdir (the lock and the recorded settings) and cnn_jax.files (durable writes)."""
+"""Tests of cnn_jax.train.workdir (the lock and the recorded settings) and cnn_jax.files (durable writes, file keys)."""
 from __future__ import annotations
 
 import json
@@ -137,3 +137,39 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
         files.write_json(str(path), {"new": 2})
     assert json.loads(path.read_text()) == {"old": 1}
     assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_an_atomic_write_of_a_stream_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "arrays.bin"
+    files.write_atomically(str(path), b"old content, longer than the new")
+    files.write_atomically(str(path), lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new"
+
+    def fails_halfway(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        files.write_atomically(str(path), fails_halfway)
+    assert path.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["arrays.bin"]
+
+
+def test_a_files_key_changes_with_a_file_s_size_or_mtime_and_the_extra_fields(tmp_path):
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for path in paths:
+        with open(path, "wb") as f:
+            f.write(b"1234")
+    key = files.files_key(paths, (32, 32), 3)
+    assert files.files_key(paths, (32, 32), 3) == key and len(key) == 32
+    assert files.files_key(paths, (32, 32), 1) != key
+    assert files.files_key(paths[:1], (32, 32), 3) != key
+
+    stat = os.stat(paths[1])
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: same size, another mtime
+    touched = files.files_key(paths, (32, 32), 3)
+    assert touched != key
+    with open(paths[1], "wb") as f:
+        f.write(b"5678!")
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rewritten: another size, the same mtime
+    assert files.files_key(paths, (32, 32), 3) not in (key, touched)

@@ -10,7 +10,6 @@ decode (corrupt, truncated, not an image) is skipped and counted, never fatal.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cnn_jax.data import tfds_source
+from cnn_jax.files import files_key, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +183,8 @@ def scan_image_folder(root: str, image_size: tuple[int, int], channels: int = 3,
     """
     root, class_names, paths, labels = list_image_folder(root)
     image_size = _check_size(image_size, f"image folder {root}")
-    key = hashlib.sha256(f"{image_size} {channels}".encode())
-    for path in paths:
-        stat = os.stat(path)
-        key.update(f"\0{path}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    cache = os.path.join(cache_dir or tfds_source.input_cache_dir(), f"folder-{key.hexdigest()[:32]}.npy")
+    key = files_key(paths, image_size, channels)
+    cache = os.path.join(cache_dir or tfds_source.input_cache_dir(), f"folder-{key}.npy")
     try:
         read = np.load(cache)
         log.info("readable files of %s from the cache %s", root, cache)
@@ -196,7 +193,7 @@ def scan_image_folder(root: str, image_size: tuple[int, int], channels: int = 3,
         read = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
         try:
             os.makedirs(os.path.dirname(cache), exist_ok=True)
-            np.save(cache, read)
+            write_atomically(cache, lambda f: np.save(f, read))
             log.info("checked that the %d files of %s decode; cached in %s", len(paths), root, cache)
         except OSError as error:
             log.info("checked that the %d files of %s decode (not cached: %s)", len(paths), root, error)

@@ -6,18 +6,17 @@ TensorFlow (seconds to import) nor decoding.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import socket
-import tempfile
 import urllib.parse
 import zipfile
 from typing import Optional
 
 import numpy as np
+
+from cnn_jax.files import files_key, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +164,13 @@ def read_tfds(name: str, data_dir: Optional[str] = None,
 
 
 def _cache_path(builder, image_size) -> str:
-    key = hashlib.sha256(f"{_CACHE_FORMAT} {builder.info.full_name} {image_size}".encode())
-    for split in sorted(builder.info.splits):
-        for instruction in builder.info.splits[split].file_instructions:
-            path = os.fspath(instruction.filename)
-            stat = os.stat(path)
-            key.update(f"\0{split}\t{path}\t{instruction.skip}\t{instruction.take}\t{stat.st_size}\t"
-                       f"{stat.st_mtime_ns}".encode())
-    return os.path.join(input_cache_dir(), f"tfds-{builder.info.name}-{key.hexdigest()[:32]}.npz")
+    """The cache file of the dataset decoded at ``image_size``: keyed by its files and the records each split reads."""
+    instructions = [(split, instruction) for split in sorted(builder.info.splits)
+                    for instruction in builder.info.splits[split].file_instructions]
+    key = files_key([os.fspath(instruction.filename) for _, instruction in instructions],
+                    _CACHE_FORMAT, builder.info.full_name, image_size,
+                    [(split, instruction.skip, instruction.take) for split, instruction in instructions])
+    return os.path.join(input_cache_dir(), f"tfds-{builder.info.name}-{key}.npz")
 
 
 def _read_cache(path: str, builder, class_names: tuple[str, ...]) -> Optional[TfdsArrays]:
@@ -198,25 +196,17 @@ def _read_cache(path: str, builder, class_names: tuple[str, ...]) -> Optional[Tf
 
 
 def _write_cache(path: str, arrays: TfdsArrays) -> None:
-    """Writes the arrays to ``path`` atomically (a temporary file renamed), so readers never see half a file."""
+    """Writes the arrays to ``path`` atomically, so readers never see half a file; a failed write is only logged."""
     contents = {"class_names": np.asarray(arrays.class_names, str)}
     for split, (images, labels) in arrays.splits.items():
         contents.update({f"{split}/images": images, f"{split}/labels": labels})
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        write_atomically(path, lambda f: np.savez(f, **contents))
     except OSError as error:
         log.info("the decoded dataset was not cached (%s)", error)
         return
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.savez(f, **contents)
-        os.replace(temporary, path)
-        log.info("cached the decoded dataset in %s", path)
-    except OSError as error:
-        log.info("the decoded dataset was not cached (%s)", error)
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
+    log.info("cached the decoded dataset in %s", path)
 
 
 _TFRECORD_HEADER = 12  # uint64 length, uint32 masked CRC of the length; the data's CRC (4 bytes) follows the data
