@@ -1,8 +1,10 @@
-"""Where a jitted training step's time goes on the CPU: the XLA thunks of one step, grouped by what they compute.
+"""Where a jitted training or inference step's time goes on the CPU: the XLA thunks of one step, grouped by what
+they compute.
 
-    python scripts/profile_train_step.py [--model=resnet20] [--batch_size=128] [--dtype=float32] [--steps=10]
+    python scripts/profile_step.py [--model=resnet20] [--mode=train] [--batch_size=128] [--dtype=float32] [--steps=10]
 
-Runs the training engine's own `train_step` (SGD momentum, as `scripts/benchmark.py` does) under `jax.profiler`,
+Runs the training engine's own `train_step` (SGD momentum, as `scripts/benchmark.py` does), or for
+`--mode=infer` the model's evaluation forward pass (`train=False`, as the benchmark's inference), under `jax.profiler`,
 reads the per-thunk events of the trace (XLA:CPU names each after its HLO instruction) and classifies each
 instruction from the compiled HLO: oneDNN convolutions (the `cnn_jax_conv` custom call, by mode: forward, data
 gradient, weight gradient), XLA convolutions, fusions that reduce (BatchNorm statistics and their gradients,
@@ -38,12 +40,14 @@ class Profile:
 
     Attributes:
       model: zoo model to profile.
+      mode: "train" (a training step) or "infer" (an evaluation forward pass).
       batch_size: images per step.
       dtype: compute dtype (params stay float32).
       steps: profiled steps (after 3 unprofiled ones).
       top: costliest instructions to list.
     """
     model: str = "resnet20"
+    mode: Literal["train", "infer"] = "train"
     batch_size: int = 128
     dtype: Literal["float32", "bfloat16"] = "float32"
     steps: int = 10
@@ -73,6 +77,8 @@ def group_of(name: str, instructions: dict, bodies: dict) -> str:
     opcode, rest = instructions.get(name, ("?", ""))
     if opcode == "custom-call":
         mode = re.search(r"mode = (\d)", rest)
+        if "cnn_jax_conv_fused" in rest:
+            return "oneDNN convolution with its epilogue (inference)"
         if "cnn_jax_conv" in rest and mode:
             return f"oneDNN convolution, {CONV_MODES[int(mode.group(1))]}"
         return "other custom call"
@@ -108,18 +114,23 @@ def main(argv):
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.uniform(size=(opts.batch_size, *shape)), jnp.float32),
              "label": jnp.asarray(rng.integers(0, 10, opts.batch_size), jnp.int32)}
-    step = jax.jit(make_train_step(), donate_argnums=0)
-    compiled = step.lower(state, batch).compile()
-    instructions, bodies = parse_hlo(compiled.as_text())
+    if opts.mode == "train":
+        step = jax.jit(make_train_step(), donate_argnums=0)
+        run = lambda state: step_call(state, batch)[0]
+    else:
+        step = jax.jit(lambda state, batch: (state, model.apply(state.variables, batch["image"], train=False)))
+        run = lambda state: step_call(state, batch)[1]
+    step_call = step.lower(state, batch).compile()
+    instructions, bodies = parse_hlo(step_call.as_text())
     for _ in range(3):
-        state, _ = compiled(state, batch)
-    jax.block_until_ready(state)
+        jax.block_until_ready(run(state) if opts.mode == "infer" else (state := run(state)))
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         start = time.perf_counter()
         for _ in range(opts.steps):
-            state, _ = compiled(state, batch)
-        jax.block_until_ready(state)
+            out = run(state)
+            state = out if opts.mode == "train" else state
+        jax.block_until_ready(out)
         wall = (time.perf_counter() - start) / opts.steps * 1e3
         jax.profiler.stop_trace()
         (path,) = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
@@ -133,7 +144,7 @@ def main(argv):
     for name, ms in per_name.items():
         per_group[group_of(name, instructions, bodies)] += ms
     total = sum(per_group.values())
-    print(f"{opts.model} train step, batch {opts.batch_size}, {opts.dtype}, backend {jax.default_backend()}: "
+    print(f"{opts.model} {opts.mode} step, batch {opts.batch_size}, {opts.dtype}, backend {jax.default_backend()}: "
           f"{wall:.1f} ms per step wall, {total:.1f} ms of thunks per step ({len(per_name)} instructions timed)")
     for group, ms in per_group.most_common():
         print(f"  {group:<56}{ms:>9.1f} ms  {ms / total:6.1%}")

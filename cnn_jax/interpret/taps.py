@@ -5,7 +5,8 @@ A layer is named either by a value the model sows into its "intermediates" colle
 (e.g. "stage2_block0/conv1/conv"), whose ``__call__`` output Flax's ``capture_intermediates`` records.
 ``tap`` traces the forward pass once and, through ``rewrite.evaluate``, adds a perturbation to that value where it
 is computed: the gradient of the logits with respect to a zero perturbation is the gradient with respect to the
-layer, and the model needs no change to allow it.
+layer, and the model needs no change to allow it. Models run under ``ops.unfused()`` here, so a convolution that
+evaluation would run as one kernel with its BatchNorm and activation keeps its own recorded output.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax import ops
 from cnn_jax.interpret import rewrite
 from cnn_jax.interpret.core import Array, selected_logits
 
@@ -53,9 +55,10 @@ def _forward(model: nn.Module, layer: str) -> Callable:
     path = _path(layer)
 
     def forward(variables, images):
-        logits, state = model.apply(variables, images, mutable=["intermediates"],
-                                    capture_intermediates=lambda module, method: module.path == path
-                                    and method == _CAPTURED)
+        with ops.unfused():
+            logits, state = model.apply(variables, images, mutable=["intermediates"],
+                                        capture_intermediates=lambda module, method: module.path == path
+                                        and method == _CAPTURED)
         activation = _lookup(state.get("intermediates", {}), path)
         if activation is None:
             raise ValueError(f"{type(model).__name__} has no layer {layer!r}. Sown names: "
@@ -134,6 +137,6 @@ def conv_layers(model: nn.Module, variables: Mapping, images: Array) -> list:
                 paths.append(path)
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(record):
+    with nn.intercept_methods(record), ops.unfused():
         jax.eval_shape(lambda v, x: model.apply(v, x), variables, images)
     return paths

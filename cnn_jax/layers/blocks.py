@@ -134,7 +134,7 @@ class InvertedResidual(nn.Module):
                    activation=self.activation, name="depthwise", **unit)(y, train)
         if self.se_ratio:
             y = SqueezeExcite(max(1, int(channels * self.se_ratio)), dtype=self.dtype, name="se")(y)
-        y = ConvBN(self.features, 1, activation=None, name="project", **unit)(y, train)
-        if self.strides == 1 and channels == self.features:
-            y = y + x.astype(y.dtype)
-        return y
+        shortcut = self.strides == 1 and channels == self.features
+        # bn(project(y)) + x, in BatchNorm's one fused pass (or the convolution's epilogue in evaluation)
+        return ConvBN(self.features, 1, activation=None, name="project", **unit)(
+            y, train, residual=x.astype(self.dtype) if shortcut else None)

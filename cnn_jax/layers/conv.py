@@ -5,6 +5,7 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from cnn_jax import ops
 from cnn_jax.layers.batch_norm import BatchNorm
@@ -17,6 +18,8 @@ Activation = Optional[Callable[[Array], Array]]
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
 
 PADDING_MODES = ("same", "symmetric", "circular")
+# The activations a convolution's fused epilogue applies (ops.conv2d_epilogue), by the module attribute.
+_EPILOGUES = {None: None, nn.relu: "relu", nn.relu6: "relu6"}
 
 
 def padding_for(mode: str, kernel_size: int, dilation: int = 1):
@@ -74,7 +77,9 @@ class ConvBN(nn.Module):
     ``bn_momentum`` is Flax's (running = momentum * running + (1 - momentum) * batch): PyTorch's 0.1 is 0.9 here.
     ``activation=None`` gives the linear projection of inverted residuals; ``bn_use_scale=False`` leaves the
     BatchNorm without its learned scale (airbench94). A ``residual`` passed to the call is added before the
-    activation (a residual block's shortcut), inside BatchNorm's fused pass.
+    activation (a residual block's shortcut), inside BatchNorm's fused pass. In evaluation on oneDNN the three run
+    as one convolution kernel, the BatchNorm its epilogue (``_in_one_kernel``); within ``ops.unfused()``
+    (as ``cnn_jax.interpret`` traces models) they stay separate modules and ops.
     """
     features: int
     kernel_size: int = 3
@@ -93,6 +98,9 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, residual: Optional[Array] = None) -> Array:
+        epilogue = _EPILOGUES.get(self.activation, False)
+        if not train and epilogue is not False and not self.is_initializing() and ops.fuses_epilogues(self.dtype):
+            return self._in_one_kernel(x, residual, epilogue)
         x = Conv(self.features, self.kernel_size, self.strides,
                  padding_for(self.padding_mode, self.kernel_size, self.dilation), self.dilation, self.groups,
                  use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init, name="conv")(x)
@@ -101,3 +109,21 @@ class ConvBN(nn.Module):
                       use_scale=self.bn_use_scale, scale_init=self.bn_scale_init, dtype=self.dtype, relu=fused,
                       name="bn")(x, residual=residual)
         return x if self.activation is None or fused else self.activation(x)
+
+    def _in_one_kernel(self, x: Array, residual: Optional[Array], activation: Optional[str]) -> Array:
+        """Evaluation in one oneDNN kernel: the running-average BatchNorm is a per-channel ``multiplier`` and
+        ``shift``, ``bn(conv(x, w)) = conv(x, w) * multiplier + shift``, which the kernel applies with the residual
+        and the activation as its epilogue (``ops.conv2d_epilogue``). Reads the variables that ``conv`` and ``bn``
+        declared (at initialization, which takes the separate path)."""
+        params, stats = self.variables["params"], self.variables["batch_stats"]["bn"]
+        multiplier = lax.rsqrt(stats["var"] + self.bn_epsilon)
+        if self.bn_use_scale:
+            multiplier = multiplier * params["bn"]["scale"]
+        shift = params["bn"]["bias"] - stats["mean"] * multiplier
+        if self.use_bias:
+            shift = shift + params["conv"]["bias"] * multiplier
+        kernel = params["conv"]["kernel"].astype(self.dtype)
+        return ops.conv2d_epilogue(x.astype(self.dtype), kernel, multiplier, shift, residual, activation,
+                                   stride=self.strides,
+                                   padding=padding_for(self.padding_mode, self.kernel_size, self.dilation),
+                                   dilation=self.dilation, groups=self.groups)

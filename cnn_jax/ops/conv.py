@@ -1,33 +1,38 @@
 """2-D convolution on NHWC images with HWIO kernels: the XLA op and a readable reference."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax._src import config as jax_config
 
 from cnn_jax.ops import arithmetic
 from cnn_jax.ops import onednn
 from cnn_jax.ops import padding as padding_lib
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-_XLA_ONLY = contextvars.ContextVar("cnn_jax_conv_xla_only", default=False)
+# Tracing-time switches, part of jit's cache key (as JAX's own config options are: the one private JAX API used
+# here), so a function jitted and called before is traced again within them rather than reusing its trace.
+_XLA_ONLY = jax_config.bool_state("cnn_jax_conv_xla_only", False, help="trace ops.conv2d to XLA's convolution",
+                                  include_in_jit_key=True, include_in_trace_context=True)
+_UNFUSED = jax_config.bool_state("cnn_jax_conv_unfused", False, help="layers keep convolution epilogues apart",
+                                 include_in_jit_key=True, include_in_trace_context=True)
 
 
-@contextlib.contextmanager
 def xla_only():
     """Within it, ``conv2d`` traces to ``lax.conv_general_dilated`` alone: no oneDNN custom call and no
-    ``platform_dependent`` branch, so a lowered graph is portable (``cnn_jax.export`` traces under it). A switch
-    at tracing time: a function jitted before keeps the trace it has."""
-    token = _XLA_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _XLA_ONLY.reset(token)
+    ``platform_dependent`` branch, so a lowered graph is portable (``cnn_jax.export`` traces under it)."""
+    return _XLA_ONLY(True)
+
+
+def unfused():
+    """Within it, ``fuses_epilogues()`` is False: layers compute a convolution's epilogue (evaluation's BatchNorm,
+    residual add, ``jax.nn.relu``) as separate modules and ops, so a traced program shows every module's output and
+    every ReLU call to the rewrites of ``cnn_jax.interpret``."""
+    return _UNFUSED(True)
 
 
 def _check(x, kernel, groups):
@@ -121,7 +126,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = No
     strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
     kernel = kernel.astype(x.dtype)
     xla = functools.partial(_xla_conv, strides=strides, dilations=dilations, pads=pads, mode=mode, groups=groups)
-    if _XLA_ONLY.get():
+    if _XLA_ONLY.value:
         y = xla(x, kernel)
     elif _onednn_serves(x, kernel, pads):
         on_onednn = functools.partial(_onednn_conv, strides=strides, dilations=dilations, pads=pads, mode=mode,
@@ -135,6 +140,80 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = No
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return y
+
+
+_ACTIVATIONS = {None: lambda y: y, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
+
+
+def fuses_epilogues(dtype) -> bool:
+    """Whether ``conv2d_epilogue`` on ``dtype`` operands runs as one oneDNN kernel here (float32, or bfloat16 with
+    native bf16 instructions, on one CPU device, outside ``xla_only`` and ``unfused``). Layers ask it before
+    reshaping their parameters for it (``ConvBN`` folds evaluation's BatchNorm into the kernel)."""
+    probe = jnp.zeros((), dtype)
+    return (not _XLA_ONLY.value and not _UNFUSED.value
+            and _onednn_serves(probe, probe, _NO_PADS))
+
+
+def _epilogue_separately(x, kernel, scale, shift, residual, activation, *, stride, padding, dilation, groups):
+    y = conv2d(x, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = (y * scale + shift).astype(x.dtype)
+    return _ACTIVATIONS[activation](y if residual is None else y + residual)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _epilogue_fused(x, kernel, scale, shift, residual, activation, stride, padding, dilation, groups):
+    separately = functools.partial(_epilogue_separately, activation=activation, stride=stride, padding=padding,
+                                   dilation=dilation, groups=groups)
+    strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
+
+    def on_onednn(x, kernel, scale, shift, residual):
+        from cnn_jax.ops.onednn import primitive as onednn_primitive
+
+        x, pads_left = _wrap_first(x, pads, mode)
+        out_h, out_w = arithmetic.conv_output_hw(x.shape[1:3], kernel.shape[:2], strides, pads_left, dilations)
+        geometry = (tuple(strides), tuple(map(tuple, pads_left)), tuple(dilations), groups)
+        return onednn_primitive.fused_forward(x, kernel, scale, shift, residual, geometry,
+                                              (x.shape[0], out_h, out_w, kernel.shape[3]), activation)
+
+    return lax.platform_dependent(x, kernel, scale, shift, residual, cpu=on_onednn, default=separately)
+
+
+@_epilogue_fused.defjvp
+def _epilogue_fused_jvp(activation, stride, padding, dilation, groups, primals, tangents):
+    """The derivative of the same function written as separate ops (oneDNN convolutions and ``jax.nn`` activations);
+    the primal output from the fused kernel."""
+    separately = functools.partial(_epilogue_separately, activation=activation, stride=stride, padding=padding,
+                                   dilation=dilation, groups=groups)
+    _, tangent_out = jax.jvp(separately, primals, tangents)
+    return _epilogue_fused(*primals, activation, stride, padding, dilation, groups), tangent_out
+
+
+def conv2d_epilogue(x: jnp.ndarray, kernel: jnp.ndarray, scale: jnp.ndarray, shift: jnp.ndarray,
+                    residual: Optional[jnp.ndarray] = None, activation: Optional[str] = None, *, stride=1,
+                    padding: padding_lib.PaddingLike = "SAME", dilation=1, groups: int = 1) -> jnp.ndarray:
+    """``activation(conv2d(x, kernel) * scale + shift + residual)``: ``scale`` and ``shift`` per output channel
+    (float32), ``residual`` None or shaped as the output, ``activation`` None, "relu" or "relu6".
+
+    Where ``fuses_epilogues`` holds, one oneDNN kernel computes it, the scale, shift, residual and activation
+    applied as post-ops while each output tile is in cache: evaluation's conv -> BatchNorm -> (+ shortcut) -> ReLU
+    in one pass over memory instead of two or three, the kernel used as it is. Its derivatives are those of the
+    separate ops. Elsewhere it is those ops (``conv2d``, a multiply-add, ``jax.nn.relu``).
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown epilogue activation {activation!r}: use one of {tuple(_ACTIVATIONS)}")
+    _check(x, kernel, groups)
+    scale, shift = jnp.asarray(scale, jnp.float32), jnp.asarray(shift, jnp.float32)
+    for name, vector in (("scale", scale), ("shift", shift)):
+        if vector.shape != (kernel.shape[-1],):
+            raise ValueError(f"the {name} has shape {vector.shape}; the kernel has {kernel.shape[-1]} output "
+                             "features")
+    kernel = kernel.astype(x.dtype)
+    residual = None if residual is None else residual.astype(x.dtype)
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    if fuses_epilogues(x.dtype) and _onednn_serves(x, kernel, _explicit_padding(x, kernel, stride, padding,
+                                                                                 dilation)[2]):
+        return _epilogue_fused(x, kernel, scale, shift, residual, activation, *geometry.values())
+    return _epilogue_separately(x, kernel, scale, shift, residual, activation, **geometry)
 
 
 def conv2d_reference(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None, *,

@@ -54,16 +54,20 @@ def conv2d(x, kernel, strides, pads, dilations, groups=1):
     return primitive.forward(x, kernel, geometry, (x.shape[0], out_h, out_w, kernel.shape[3]))
 
 
-def implementation(mode: int, x_shape, kernel_shape, strides, pads, dilations, groups=1, dtype="float32") -> str:
+def implementation(mode: int, x_shape, kernel_shape, strides, pads, dilations, groups=1, dtype="float32",
+                   residual: bool = False, activation=None) -> str:
     """The oneDNN implementation that serves a convolution, e.g. ``"brg_conv_fwd:avx512_core"``; ``dtype`` is
-    ``"float32"`` or ``"bfloat16"``."""
+    ``"float32"`` or ``"bfloat16"``; mode 3 is the fused forward, with or without a ``residual``, ``activation``
+    one of ``primitive.ACTIVATIONS``."""
+    from cnn_jax.ops.onednn import primitive
+
     library = build.load()
     if library is None:
         return "unavailable"
     (n, h, w, c), (kh, kw, _, o) = x_shape, kernel_shape
     out_h, out_w = arithmetic.conv_output_hw((h, w), (kh, kw), strides, pads, dilations)
-    dims = np.asarray([n, h, w, c, kh, kw, o, out_h, out_w, *strides, *pads[0], *pads[1], *dilations, groups],
-                      np.int64)
+    dims = np.asarray([n, h, w, c, kh, kw, o, out_h, out_w, *strides, *pads[0], *pads[1], *dilations, groups,
+                       int(residual), primitive.ACTIVATIONS.index(activation)], np.int64)
     bf16 = {"float32": 0, "bfloat16": 1}[jnp.dtype(dtype).name]
     return library.CnnJaxConvImplementation(mode, dims.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
                                             bf16).decode()

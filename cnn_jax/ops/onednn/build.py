@@ -23,6 +23,7 @@ import jax
 
 SOURCE = Path(__file__).with_name("conv.cc")
 TARGET = "cnn_jax_conv"
+FUSED_TARGET = "cnn_jax_conv_fused"  # the inference forward with an epilogue (bias, residual, activation)
 _DISABLE = "CNN_JAX_CONV"  # set to "xla" to keep every convolution on XLA
 
 
@@ -86,6 +87,7 @@ def load() -> Optional[ctypes.CDLL]:
         logging.getLogger(__name__).warning("oneDNN convolutions unavailable, using XLA's: %s", error)
         return None
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.CnnJaxConv), platform="cpu")
+    jax.ffi.register_ffi_target(FUSED_TARGET, jax.ffi.pycapsule(library.CnnJaxConvFused), platform="cpu")
     library.CnnJaxConvImplementation.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
     library.CnnJaxConvImplementation.restype = ctypes.c_char_p
     return library

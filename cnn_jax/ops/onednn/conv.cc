@@ -7,6 +7,11 @@
 //   0 forward          x  (N,H,W,C),   w  (KH,KW,C/G,O) -> y  (N,OH,OW,O)
 //   1 data gradient    dy (N,OH,OW,O), w  (KH,KW,C/G,O) -> dx (N,H,W,C)
 //   2 weight gradient  x  (N,H,W,C),   dy (N,OH,OW,O)   -> dw (KH,KW,C/G,O)
+// A second call, CnnJaxConvFused, runs an inference forward with an epilogue applied by the kernel while the
+// output is in cache, instead of by one more pass over memory each (evaluation's BatchNorm as a per-channel
+// scale and shift, a residual block's shortcut add, the activation):
+//   3 fused forward    x (N,H,W,C), w (KH,KW,C/G,O), scale (O), shift (O) float32 [, residual (N,OH,OW,O)]
+//                      -> act(conv(x, w) * scale + shift [+ residual]), act none, ReLU or ReLU6 (oneDNN post-ops)
 // A grouped HWIO kernel is oneDNN's 5-D (G, O/G, C/G, KH, KW) in its hwigo layout.
 // Activations stay NHWC (oneDNN's AVX-512 kernels read it directly); kernels are reordered to and from
 // the blocked layout each primitive prefers, which costs little next to the convolution itself. bf16 depthwise
@@ -35,13 +40,17 @@ struct Geometry {
   int64_t sh, sw, pt, pb, pl, pr, dh, dw;
   int64_t groups, mode;
   memory::data_type type;  // of both operands and the result: f32 or bf16
+  int64_t residual = 0, activation = 0;  // mode 3's epilogue: a residual operand; 0 none, 1 ReLU, 2 ReLU6
   auto key() const {
-    return std::tie(mode, type, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups);
+    return std::tie(mode, type, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups, residual,
+                    activation);
   }
   bool operator<(const Geometry& other) const { return key() < other.key(); }
 
   memory::desc images() const { return {{n, c, h, w}, type, tag::nhwc}; }
   memory::desc outputs() const { return {{n, o, oh, ow}, type, tag::nhwc}; }
+  memory::desc residuals() const { return outputs(); }  // in the call's dtype even where the kernel computes in f32
+  memory::desc channels() const { return {{1, o, 1, 1}, memory::data_type::f32, tag::nchw}; }  // per channel
   memory::dims weight_dims() const {
     return groups == 1 ? memory::dims{o, c, kh, kw} : memory::dims{groups, o / groups, c / groups, kh, kw};
   }
@@ -76,6 +85,21 @@ dnnl::primitive_attr Attributes() {
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return {Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, g.images(),
           g.any_weights(), g.outputs(), g.strides(), g.dilates(), g.pad_l(), g.pad_r(), Attributes()};
+}
+
+// Mode 3: the scale and shift (binary ops broadcast per channel), the residual (a binary add of a same-shaped
+// tensor) and the activation as post-ops. `residual` describes the residual operand as the call holds it.
+dnnl::convolution_forward::primitive_desc FusedDesc(const Geometry& g, const memory::desc& residual) {
+  dnnl::post_ops post_ops;
+  post_ops.append_binary(dnnl::algorithm::binary_mul, g.channels());
+  post_ops.append_binary(dnnl::algorithm::binary_add, g.channels());
+  if (g.residual) post_ops.append_binary(dnnl::algorithm::binary_add, residual);
+  if (g.activation == 1) post_ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  if (g.activation == 2) post_ops.append_eltwise(dnnl::algorithm::eltwise_clip, 0.f, 6.f);
+  auto attr = Attributes();
+  attr.set_post_ops(post_ops);
+  return {Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, g.images(),
+          g.any_weights(), g.outputs(), g.strides(), g.dilates(), g.pad_l(), g.pad_r(), attr};
 }
 
 // A primitive with the scratchpad it needs.
@@ -115,6 +139,15 @@ Operand Connect(const memory::desc& user, const memory::desc& primitive, bool re
 // The primitive for geometry `c` (the computing dtype), its memories connected to the user's geometry `g`.
 std::unique_ptr<Plan> MakePlanAs(const Geometry& g, const Geometry& c) {
   auto plan = std::make_unique<Plan>();
+  if (c.mode == 3) {
+    auto fused = FusedDesc(c, g.residuals());
+    plan->conv = {dnnl::convolution_forward(fused), fused.scratchpad_desc()};
+    plan->implementation = fused.impl_info_str();
+    plan->a = Connect(g.images(), fused.src_desc(), false);
+    plan->b = Connect(g.user_weights(), fused.weights_desc(), false);
+    plan->out = Connect(g.outputs(), fused.dst_desc(), true);
+    return plan;
+  }
   auto forward = ForwardDesc(c);
   if (c.mode == 0) {
     plan->conv = {dnnl::convolution_forward(forward), forward.scratchpad_desc()};
@@ -193,16 +226,28 @@ memory Bind(const Operand& operand, void* data, bool result) {
   return converted;
 }
 
-void Run(const Geometry& g, void* a, void* b, void* out) {
+// Runs geometry g on the call's buffers; `scale`, `shift` and `residual` only in mode 3 (`residual` null without
+// one).
+void Run(const Geometry& g, void* a, void* b, void* out, void* scale = nullptr, void* shift = nullptr,
+         void* residual = nullptr) {
   static std::mutex running;
   std::lock_guard<std::mutex> lock(running);
   const Plan& plan = GetPlan(g);
   memory ma = Bind(plan.a, a, false), mb = Bind(plan.b, b, false), mout = Bind(plan.out, out, true);
-  static const int kArgs[3][3] = {{DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST},
+  static const int kArgs[4][3] = {{DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST},
                                   {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC},
-                                  {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS}};
+                                  {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS},
+                                  {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST}};
   const int* args = kArgs[g.mode];
-  Execute(plan.conv, {{args[0], ma}, {args[1], mb}, {args[2], mout}});
+  std::unordered_map<int, memory> bound{{args[0], ma}, {args[1], mb}, {args[2], mout}};
+  if (g.mode == 3) {
+    bound.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, memory(g.channels(), Engine(), scale)});
+    bound.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, memory(g.channels(), Engine(), shift)});
+  }
+  if (residual) {
+    bound.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(2) | DNNL_ARG_SRC_1, memory(g.residuals(), Engine(), residual)});
+  }
+  Execute(plan.conv, std::move(bound));
   if (plan.out.convert) {
     Execute(plan.out.reorder, {{DNNL_ARG_FROM, mout}, {DNNL_ARG_TO, memory(plan.out.user, Engine(), out)}});
   }
@@ -248,7 +293,66 @@ ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   return ffi::Error::Success();
 }
 
+// Mode 3: `rest` holds the residual when `residual` is set.
+ffi::Error ConvFused(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
+                     ffi::RemainingArgs rest,
+                     ffi::Result<ffi::AnyBuffer> out,
+                     ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                     ffi::Span<const int64_t> dilation, int64_t groups, int64_t residual, int64_t activation) {
+  if (strides.size() != 2 || padding.size() != 4 || dilation.size() != 2 || groups < 1 || activation < 0 ||
+      activation > 2 || rest.size() != static_cast<size_t>(residual ? 1 : 0)) {
+    return ffi::Error::InvalidArgument("cnn_jax_conv_fused: bad geometry, epilogue or operand count");
+  }
+  auto dtype = x.element_type();
+  if ((dtype != ffi::F32 && dtype != ffi::BF16) || w.element_type() != dtype || out->element_type() != dtype ||
+      scale.element_type() != ffi::F32 || shift.element_type() != ffi::F32) {
+    return ffi::Error::InvalidArgument("cnn_jax_conv_fused: x, w and the result must be all float32 or all "
+                                       "bfloat16, the scale and shift float32");
+  }
+  void* residual_data = nullptr;
+  if (residual) {
+    auto r = rest.get<ffi::AnyBuffer>(0);
+    if (!r.has_value() || r->element_type() != dtype || r->dimensions().size() != 4) {
+      return ffi::Error::InvalidArgument("cnn_jax_conv_fused: the residual must be shaped and typed as the result");
+    }
+    residual_data = r->untyped_data();
+  }
+  auto images = x.dimensions(), kernel = w.dimensions(), outputs = out->dimensions();
+  if (images.size() != 4 || kernel.size() != 4 || outputs.size() != 4 || kernel[2] * groups != images[3] ||
+      kernel[3] % groups || scale.dimensions().size() != 1 || scale.dimensions()[0] != kernel[3] ||
+      shift.dimensions().size() != 1 || shift.dimensions()[0] != kernel[3]) {
+    return ffi::Error::InvalidArgument("cnn_jax_conv_fused: kernel " + Shape(kernel) + " does not fit images " +
+                                       Shape(images) + " in " + std::to_string(groups) + " groups, or the scale or shift");
+  }
+  Geometry g{images[0], images[1], images[2], images[3], kernel[0], kernel[1], kernel[3], outputs[1], outputs[2],
+             strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], dilation[0], dilation[1],
+             groups, 3, dtype == ffi::BF16 ? memory::data_type::bf16 : memory::data_type::f32, residual, activation};
+  try {
+    Run(g, x.untyped_data(), w.untyped_data(), out->untyped_data(), scale.untyped_data(),
+        shift.untyped_data(), residual_data);
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal("cnn_jax_conv_fused: oneDNN failed (status " + std::to_string(e.status) +
+                                ") for images " + Shape(images) + ", kernel " + Shape(kernel) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConvFused, ConvFused,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<int64_t>("groups")
+                                  .Attr<int64_t>("residual")
+                                  .Attr<int64_t>("activation"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv, Conv,
                               ffi::Ffi::Bind()
@@ -262,11 +366,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxConv, Conv,
                                   .Attr<int64_t>("groups"));
 
 // Which oneDNN implementation serves a geometry (e.g. "brg_conv_fwd:avx512_core"), for benchmarks and tests.
-// `dims` holds n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups; `bf16` picks the dtype.
+// `dims` holds n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw, groups, and for mode 3 residual and
+// activation; `bf16` picks the dtype.
 extern "C" const char* CnnJaxConvImplementation(int64_t mode, const int64_t* d, int64_t bf16) {
   thread_local std::string name;
   Geometry g{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13], d[14], d[15],
-             d[16], d[17], mode, bf16 ? memory::data_type::bf16 : memory::data_type::f32};
+             d[16], d[17], mode, bf16 ? memory::data_type::bf16 : memory::data_type::f32,
+             mode == 3 ? d[18] : 0, mode == 3 ? d[19] : 0};
   try {
     name = GetPlan(g).implementation;
   } catch (const dnnl::error& e) {

@@ -5,6 +5,11 @@ forward ``F(x, w) -> y``, data gradient ``D(dy, w) -> dx`` and weight gradient `
 They are the three partial derivatives of the trilinear form ``<F(x, w), dy>``, so each one's transpose
 with respect to either operand is another of the three: reverse mode through a convolution runs on oneDNN's
 backward kernels, and so do higher derivatives.
+
+A second primitive, ``fused_p``, is the inference forward with an epilogue,
+``act(F(x, w) * scale + shift [+ residual])``,
+computed by the kernel as post-ops. It has no differentiation rules of its own: ``ops.conv2d_epilogue`` wraps it
+in a ``custom_jvp`` whose derivative is that of the same function written as separate ops.
 """
 from __future__ import annotations
 
@@ -96,3 +101,71 @@ conv_p.def_abstract_eval(_abstract_eval)
 ad.defbilinear(conv_p, _transpose_a, _transpose_b)
 batching.primitive_batchers[conv_p] = _batch
 mlir.register_lowering(conv_p, mlir.lower_fun(_lower, multiple_results=False), platform="cpu")
+
+ACTIVATIONS = (None, "relu", "relu6")  # the epilogue's activation, by its index in the kernel's attribute
+
+fused_p = core.Primitive("cnn_jax_onednn_conv_fused")
+
+
+def fused_forward(x, w, scale, shift, residual, geometry, shape, activation):
+    """``activation(F(x, w) * scale + shift (+ residual))`` of the given output shape; ``scale`` and ``shift``
+    float32 (F,), ``residual`` None or shaped and typed as the output, ``activation`` one of ``ACTIVATIONS``."""
+    operands = (x, w, scale, shift) + (() if residual is None else (residual,))
+    return fused_p.bind(*operands, shape=tuple(shape), geometry=geometry, activation=activation)
+
+
+def _fused_abstract_eval(x, w, scale, shift, *residual, shape, geometry, activation):
+    _abstract_eval(x, w, mode=FORWARD, shape=shape, geometry=geometry)
+    for name, vector in (("scale", scale), ("shift", shift)):
+        if vector.dtype != jnp.float32 or vector.shape != (shape[-1],):
+            raise TypeError(f"the fused convolution's {name} must be float32 of shape ({shape[-1]},), got "
+                            f"{vector.dtype} {vector.shape}")
+    if residual and (residual[0].shape != tuple(shape) or residual[0].dtype != x.dtype):
+        raise TypeError(f"the fused convolution's residual must be {x.dtype} of shape {tuple(shape)}, got "
+                        f"{residual[0].dtype} {residual[0].shape}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown epilogue activation {activation!r}: use one of {ACTIVATIONS}")
+    return jax.core.ShapedArray(shape, x.dtype)
+
+
+def _fused_lower(x, w, scale, shift, *residual, shape, geometry, activation):
+    if build.load() is None:
+        raise RuntimeError("the oneDNN convolution kernel is not available; use ops.conv2d_epilogue, which falls "
+                           "back to XLA")
+    strides, pads, dilations, groups = geometry
+    call = jax.ffi.ffi_call(build.FUSED_TARGET, jax.ShapeDtypeStruct(shape, x.dtype))
+    return call(x, w, scale, shift, *residual, strides=np.asarray(strides, np.int64),
+                padding=np.asarray([p for pair in pads for p in pair], np.int64),
+                dilation=np.asarray(dilations, np.int64), groups=np.int64(groups),
+                residual=np.int64(len(residual)), activation=np.int64(ACTIVATIONS.index(activation)))
+
+
+def _fused_batch(args, dims, *, shape, geometry, activation):
+    """Folds a vmapped axis of the images (and residual) into the batch where kernel, scale and shift are shared;
+    loops over it otherwise."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    x, w, scale, shift, *residual = args
+    x_dim, w_dim, scale_dim, shift_dim, *residual_dim = dims
+    if w_dim is None and scale_dim is None and shift_dim is None:
+        x = jnp.broadcast_to(x, (size,) + x.shape) if x_dim is None else x
+        residual = [jnp.broadcast_to(r, (size,) + r.shape) if d is None else r
+                    for r, d in zip(residual, residual_dim)]
+        folded = [a.reshape((-1,) + a.shape[2:]) for a in (x, *residual)]
+        y = fused_p.bind(folded[0], w, scale, shift, *folded[1:], shape=(size * shape[0],) + tuple(shape[1:]),
+                         geometry=geometry, activation=activation)
+        return y.reshape((size,) + tuple(shape)), 0
+    args = [jnp.broadcast_to(a, (size,) + a.shape) if d is None else a for a, d in zip(args, dims)]
+    rows = [fused_p.bind(*[a[i] for a in args], shape=shape, geometry=geometry, activation=activation)
+            for i in range(size)]
+    return jnp.stack(rows), 0
+
+
+def _fused_impl(*args, **params):
+    return jax.jit(lambda *args: fused_p.bind(*args, **params))(*args)
+
+
+fused_p.def_impl(_fused_impl)
+fused_p.def_abstract_eval(_fused_abstract_eval)
+batching.primitive_batchers[fused_p] = _fused_batch
+mlir.register_lowering(fused_p, mlir.lower_fun(_fused_lower, multiple_results=False), platform="cpu")
