@@ -96,15 +96,15 @@ def _onednn_conv(x, kernel, strides, dilations, pads, mode, groups):
     return onednn.conv2d(x, kernel, strides, pads, dilations, groups)
 
 
-def _onednn_serves(x, kernel, pads) -> bool:
-    """Float32 and bfloat16 convolutions (dense, grouped or depthwise) with zero padding, on a CPU backend of one
-    device; bfloat16 only where oneDNN has native bf16 kernels for this CPU (AVX-512 BF16 or AMX).
+def _onednn_serves(dtype, pads) -> bool:
+    """Float32 and bfloat16 convolutions (dense, grouped or depthwise; operands of one ``dtype``) with zero padding,
+    on a CPU backend of one device; bfloat16 only where oneDNN has native bf16 kernels for this CPU (AVX-512 BF16
+    or AMX).
 
     With several CPU devices (simulated ones, or a multi-process CPU run) XLA's convolution is used: XLA cannot
     partition a custom call, so a batch-sharded oneDNN call would gather the whole batch onto every device.
     """
-    f32 = x.dtype == jnp.float32 and kernel.dtype == jnp.float32
-    bf16 = x.dtype == jnp.bfloat16 and kernel.dtype == jnp.bfloat16
+    f32, bf16 = dtype == jnp.float32, dtype == jnp.bfloat16
     single_cpu = len(jax.devices("cpu")) == 1
     served = min(p for pair in pads for p in pair) >= 0 and single_cpu and (f32 or bf16) and onednn.available()
     return served and (f32 or onednn.bfloat16_native())
@@ -128,7 +128,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = No
     xla = functools.partial(_xla_conv, strides=strides, dilations=dilations, pads=pads, mode=mode, groups=groups)
     if _XLA_ONLY.value:
         y = xla(x, kernel)
-    elif _onednn_serves(x, kernel, pads):
+    elif _onednn_serves(x.dtype, pads):
         on_onednn = functools.partial(_onednn_conv, strides=strides, dilations=dilations, pads=pads, mode=mode,
                                       groups=groups)
         y = lax.platform_dependent(x, kernel, cpu=on_onednn, default=xla)
@@ -147,11 +147,9 @@ _ACTIVATIONS = {None: lambda y: y, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
 
 def fuses_epilogues(dtype) -> bool:
     """Whether ``conv2d_epilogue`` on ``dtype`` operands runs as one oneDNN kernel here (float32, or bfloat16 with
-    native bf16 instructions, on one CPU device, outside ``xla_only`` and ``unfused``). Layers ask it before
-    reshaping their parameters for it (``ConvBN`` folds evaluation's BatchNorm into the kernel)."""
-    probe = jnp.zeros((), dtype)
-    return (not _XLA_ONLY.value and not _UNFUSED.value
-            and _onednn_serves(probe, probe, _NO_PADS))
+    native bf16 instructions, on one CPU device, outside ``xla_only`` and ``unfused``). Layers ask it before taking
+    that path (``ConvBN``'s evaluation reads its BatchNorm as the kernel's scale and shift)."""
+    return not _XLA_ONLY.value and not _UNFUSED.value and _onednn_serves(jnp.dtype(dtype), _NO_PADS)
 
 
 def _epilogue_separately(x, kernel, scale, shift, residual, activation, *, stride, padding, dilation, groups):
@@ -210,8 +208,8 @@ def conv2d_epilogue(x: jnp.ndarray, kernel: jnp.ndarray, scale: jnp.ndarray, shi
     kernel = kernel.astype(x.dtype)
     residual = None if residual is None else residual.astype(x.dtype)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    if fuses_epilogues(x.dtype) and _onednn_serves(x, kernel, _explicit_padding(x, kernel, stride, padding,
-                                                                                 dilation)[2]):
+    if fuses_epilogues(x.dtype) and _onednn_serves(x.dtype, _explicit_padding(x, kernel, stride, padding,
+                                                                              dilation)[2]):
         return _epilogue_fused(x, kernel, scale, shift, residual, activation, *geometry.values())
     return _epilogue_separately(x, kernel, scale, shift, residual, activation, **geometry)
 
