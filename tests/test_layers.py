@@ -111,6 +111,30 @@ def test_conv_module_shapes_follow_conv_output_size(conv):
     assert out.shape == out_shape
 
 
+@given(size=st.integers(4, 15), kernel=st.sampled_from([1, 2, 3, 5]), dilation=st.sampled_from([1, 2]),
+       padding=st.sampled_from(["VALID", "SAME", 1]), window=st.sampled_from([2, 3]))
+def test_conv_with_max_pool_is_the_pool_of_the_conv_plus_its_bias(size, kernel, dilation, padding, window):
+    """``Conv(x, max_pool=p)`` equals ``max_pool(conv(x), p) + bias`` exactly, whether or not it computes only the
+    outputs the pool reads (VALID and stride 1: the input's ragged edge cut first)."""
+    reach = dilation * (kernel - 1)
+    if ops.conv_output_size(size, kernel, 1, padding, dilation) < window:
+        return
+    conv = layers.Conv(3, kernel, padding=padding, dilation=dilation)
+    x = jnp.asarray(np.random.default_rng(size).standard_normal((2, size, size + 1, 2)), jnp.float32)
+    variables = conv.init(jax.random.key(0), x)
+    variables = {"params": {**variables["params"], "bias": jnp.asarray([0.5, -1.0, 2.0])}}
+    expected = ops.max_pool(conv.apply(variables, x) - variables["params"]["bias"], window) + variables["params"][
+        "bias"]
+    got = jax.jit(lambda v, x: conv.apply(v, x, max_pool=window))(variables, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    if padding == "VALID":  # only the rows and columns the pool reads reach the convolution
+        jaxpr = jax.make_jaxpr(lambda v, x: conv.apply(v, x, max_pool=window))(variables, x).jaxpr
+        read = [(side - reach) // window * window + reach for side in (size, size + 1)]
+        if read != [size, size + 1]:
+            slices = [e.outvars[0].aval.shape for e in jaxpr.eqns if e.primitive.name == "slice"]
+            assert slices[0] == (2, *read, 2), slices
+
+
 @st.composite
 def blocks(draw):
     """A residual, bottleneck or inverted residual block, and the (kernel, stride, padding, dilation) path that

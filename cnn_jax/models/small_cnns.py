@@ -75,7 +75,7 @@ class SimpleCNN(nn.Module):
         for stage, features in enumerate(self.features, start=1):
             conv = Conv(features, self.kernel_size, padding="VALID", dtype=self.dtype, name=f"conv{stage}")
             if pool_first:  # max pooling also commutes with the bias: added to the pooled map
-                x = activation(conv(x, before_bias=lambda y: pool(y, 2)))
+                x = activation(conv(x, max_pool=2))
             else:
                 x = pool(activation(conv(x)), 2)
             self.sow("intermediates", f"stage{stage}", x)
