@@ -26,6 +26,22 @@ def _setup(x, window, stride, padding):
     return window, stride, pads, mode
 
 
+def _window_views(x, window):
+    """The (N, OH, OW, C) strided view of each position (row-major) of non-overlapping ``window``s over ``x``, its
+    ragged edge dropped. Rank-4 slices, so exported graphs (TFLite: ops of rank 5 at most) take them as they are."""
+    (wh, ww), (_, h, w, _) = window, x.shape
+    oh, ow = h // wh, w // ww
+    return [x[:, i:oh * wh:wh, j:ow * ww:ww] for i in range(wh) for j in range(ww)]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _window_max(x, window):
+    """Maximum of each non-overlapping window. Its derivative flows to the first maximum of each window only, as in
+    ``lax.reduce_window``'s gradient and other frameworks' max pooling (``jnp.max`` would split it among ties, in
+    three more passes over the input)."""
+    return functools.reduce(jnp.maximum, _window_views(x, window))
+
+
 def _tiles(x, window):
     """Crops the ragged edge and splits H and W into (blocks, window) axes."""
     (wh, ww), (n, h, w, c) = window, x.shape
@@ -33,41 +49,27 @@ def _tiles(x, window):
     return x[:, :oh * wh, :ow * ww].reshape(n, oh, wh, ow, ww, c)
 
 
-def _window_views(tiles, window):
-    """The (N, OH, OW, C) view of each window position (row-major) of ``_tiles``' output."""
-    return [[tiles[:, :, i, :, j, :] for j in range(window[1])] for i in range(window[0])]
-
-
-def _views_max(tiles, window):
-    return functools.reduce(jnp.maximum, sum(_window_views(tiles, window), []))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _tile_max(tiles, window):
-    """Maximum of each window of ``_tiles``' output. Its derivative flows to the first maximum of each window only,
-    as in ``lax.reduce_window``'s gradient and other frameworks' max pooling (``jnp.max`` would split it among
-    ties, in three more passes over the input)."""
-    return _views_max(tiles, window)
-
-
 def _first_max(tiles, window, top):
     """Boolean array shaped like ``tiles``, True at the first (row-major) maximum of each window."""
     seen, rows = None, []
-    for views in _window_views(tiles, window):
+    for i in range(window[0]):
         row = []
-        for view in views:
-            hit = view == top
+        for j in range(window[1]):
+            hit = tiles[:, :, i, :, j, :] == top
             row.append(hit if seen is None else hit & ~seen)
             seen = hit if seen is None else seen | hit
         rows.append(jnp.stack(row, axis=3))
     return jnp.stack(rows, axis=2)
 
 
-@_tile_max.defjvp
-def _tile_max_jvp(window, primals, tangents):
-    (tiles,), (tangent,) = primals, tangents
-    top = _views_max(tiles, window)  # XLA fuses it with the mask below
-    return top, jnp.where(_first_max(tiles, window, top), tangent, 0).sum(axis=(2, 4))
+@_window_max.defjvp
+def _window_max_jvp(window, primals, tangents):
+    """On ``_tiles``' reshape, whose transpose is a reshape too: the backward pass scatters each window's cotangent
+    in one fused pass (strided slices would transpose to one padded copy each)."""
+    (x,), (tangent,) = primals, tangents
+    top = _window_max(x, window)
+    mask = _first_max(_tiles(x, window), window, top)
+    return top, jnp.where(mask, _tiles(tangent, window), 0).sum(axis=(2, 4))
 
 
 def _windows(x, window, stride, init, op):
@@ -78,7 +80,7 @@ def max_pool(x: jnp.ndarray, window, stride=None, padding: padding_lib.PaddingLi
     """Maximum over ``window`` patches taken every ``stride`` (default: ``window``) pixels."""
     window, stride, pads, mode = _setup(x, window, stride, padding)
     if window == stride and pads == ((0, 0), (0, 0)):
-        return _tile_max(_tiles(x, window), window)
+        return _window_max(x, window)
     x = padding_lib.apply(x, pads, mode, value=-jnp.inf)
     return _windows(x, window, stride, -jnp.inf, lax.max)
 
@@ -88,8 +90,7 @@ def avg_pool(x: jnp.ndarray, window, stride=None, padding: padding_lib.PaddingLi
     """Mean over ``window`` patches; zero padding counts towards the mean unless ``count_include_pad=False``."""
     window, stride, pads, mode = _setup(x, window, stride, padding)
     if window == stride and pads == ((0, 0), (0, 0)):
-        total = functools.reduce(jnp.add, sum(_window_views(_tiles(x, window), window), []))
-        return total / (window[0] * window[1])
+        return functools.reduce(jnp.add, _window_views(x, window)) / (window[0] * window[1])
     padded = padding_lib.apply(x, pads, mode)
     sums = _windows(padded, window, stride, 0.0, lax.add)
     if count_include_pad or mode == "wrap":
