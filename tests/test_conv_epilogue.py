@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
 from cnn_jax import interpret, ops
 from cnn_jax.models import get_model
 from cnn_jax.ops import onednn
+from strategies import conv_geometries
 
 pytestmark = [pytest.mark.usefixtures("float32_precision"),
               pytest.mark.skipif(not onednn.available(), reason="oneDNN kernel not built here (see the log)")]
@@ -49,24 +50,6 @@ def reference(x, w, scale, shift, residual, activation, strides, pads, dilations
 def fused(x, w, scale, shift, residual, activation, strides, pads, dilations, groups):
     return ops.conv2d_epilogue(x, w, scale, shift, residual, activation, stride=strides, padding=pads,
                                dilation=dilations, groups=groups)
-
-
-@st.composite
-def cases(draw):
-    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilations = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    pads = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(2))
-    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    n, groups = draw(st.integers(1, 3)), draw(st.sampled_from([1, 1, 2]))
-    in_per_group, out_per_group = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    if draw(st.booleans()):  # depthwise
-        groups, in_per_group, out_per_group = draw(st.integers(2, 16)), 1, 1
-    for size, k, d, (lo, hi) in ((h, kh, dilations[0], pads[0]), (w, kw, dilations[1], pads[1])):
-        assume(size + lo + hi >= (k - 1) * d + 1)
-    return ((n, h, w, groups * in_per_group), (kh, kw, in_per_group, groups * out_per_group), strides, pads,
-            dilations, groups, draw(st.sampled_from(list(ACTIVATIONS))), draw(st.booleans()),
-            draw(st.sampled_from(["float32", "bfloat16"])))
 
 
 def operands(x_shape, kernel_shape, strides, pads, dilations, groups, with_residual, seed=0):
@@ -90,9 +73,10 @@ def close(actual, expected):
 
 
 @settings(max_examples=40, deadline=None)
-@given(cases())
-def test_the_fused_kernel_matches_the_separate_ops(case):
-    x_shape, kernel_shape, strides, pads, dilations, groups, activation, with_residual, dtype = case
+@given(conv_geometries(), st.sampled_from(list(ACTIVATIONS)), st.booleans(),
+       st.sampled_from(["float32", "bfloat16"]))
+def test_the_fused_kernel_matches_the_separate_ops(geometry, activation, with_residual, dtype):
+    x_shape, kernel_shape, strides, pads, dilations, groups = geometry
     if dtype == "bfloat16" and not onednn.bfloat16_native():
         return
     x, w, scale, shift, residual = operands(x_shape, kernel_shape, strides, pads, dilations, groups, with_residual)
