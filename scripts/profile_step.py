@@ -116,11 +116,11 @@ def main(argv):
              "label": jnp.asarray(rng.integers(0, 10, opts.batch_size), jnp.int32)}
     if opts.mode == "train":
         step = jax.jit(make_train_step(), donate_argnums=0)
-        run = lambda state: step_call(state, batch)[0]
     else:
         step = jax.jit(lambda state, batch: (state, model.apply(state.variables, batch["image"], train=False)))
-        run = lambda state: step_call(state, batch)[1]
     step_call = step.lower(state, batch).compile()
+    output = 0 if opts.mode == "train" else 1  # the new state, or the logits
+    run = lambda state: step_call(state, batch)[output]
     instructions, bodies = parse_hlo(step_call.as_text())
     for _ in range(3):
         jax.block_until_ready(run(state) if opts.mode == "infer" else (state := run(state)))
