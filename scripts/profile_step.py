@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 
-from cnn_jax import cli, huge_pages, models
+from cnn_jax import cli, freed_memory, huge_pages, models
 from cnn_jax.train import TrainConfig, create_train_state, make_optimizer, make_train_step
 
 
@@ -105,6 +105,7 @@ def main(argv):
     del argv
     opts = cli.parse(Profile())
     jax.config.update("jax_enable_compilation_cache", False)
+    freed_memory.release_after_compiles()  # as the training engine runs
     dtype = jnp.dtype(opts.dtype)
     model = models.get_model(opts.model, 10 if opts.model in ("resnet20", "simple_cnn") else 1000, dtype=dtype)
     shape = models.model_spec(opts.model).input_shape

@@ -205,6 +205,19 @@ def test_cnn_jax_bfloat16_record_computes_in_bfloat16_with_float32_params():
     assert worker.measure(jax_runner.build(spec), spec)["images_per_sec"] > 0
 
 
+def test_cnn_jax_record_releases_the_compilers_freed_heap_from_its_first_compile(monkeypatch):
+    """cnn_jax's cold peak memory is measured as training runs: ``freed_memory.release_after_compiles`` is
+    installed before the train state's initialization compiles."""
+    from bench_lib import jax_runner
+    from cnn_jax import freed_memory
+
+    calls = []
+    monkeypatch.setattr(freed_memory, "release_after_compiles", lambda: calls.append("install"))
+    monkeypatch.setattr(jax_runner, "create_train_state", lambda *args: calls.append("train state"))
+    jax_runner.build(bfloat16_spec("cnn_jax"))
+    assert calls == ["install", "train state"]
+
+
 def test_torch_bfloat16_record_runs_convolutions_under_autocast_and_keeps_float32_params():
     torch_runner = pytest.importorskip("bench_lib.torch_runner", reason="torch is not installed")
     from bench_lib import worker

@@ -1,5 +1,5 @@
 """``freed_memory.release`` hands freed heap pages back to the OS (glibc's malloc_trim), after each XLA compile
-once ``release_after_compiles`` is installed."""
+once ``release_after_compiles`` is installed, as ``train_and_evaluate`` does first."""
 from __future__ import annotations
 
 import subprocess
@@ -42,3 +42,21 @@ def test_each_xla_compile_is_followed_by_a_release(monkeypatch):
     import jax.numpy as jnp
     jax.block_until_ready(jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)))  # a program never compiled
     assert calls  # one release per compile it took (the function, and any helper op compiled with it)
+
+
+def test_training_installs_the_release_before_it_builds_its_state(monkeypatch, tmp_path):
+    from cnn_jax.train import loop
+
+    class Stop(Exception):
+        pass
+
+    def run(*args):
+        calls.append("run")
+        raise Stop
+
+    calls = []
+    monkeypatch.setattr(freed_memory, "release_after_compiles", lambda: calls.append("install"))
+    monkeypatch.setattr(loop, "_Run", run)
+    with pytest.raises(Stop):
+        loop.train_and_evaluate(None, None, None, str(tmp_path))
+    assert calls == ["install", "run"]

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import optax
 from flax import serialization, struct
 
-from cnn_jax import freed_memory
 from cnn_jax.train.lookahead import slow_params
 
 
@@ -115,7 +114,6 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     BatchNorm statistics start at their defaults. `ema_decay` > 0 adds an EMA of the weights
     (`TrainState.with_ema`).
     """
-    freed_memory.release_after_compiles()  # the compilers' freed heap back to the OS before each first run
     init_key, state_key = jax.random.split(jax.random.key(seed))
     variables = init_variables(model, tuple(image_shape), init_key)
     params = variables["params"]
