@@ -55,25 +55,19 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: Array, max_pool: Optional[int] = None) -> Array:
         """``max_pool``, when given, max-pools the convolution in non-overlapping ``max_pool`` x ``max_pool``
-        windows before its bias is added (exactly equal: the maximum commutes with adding a per-channel constant):
-        the bias goes to the smaller pooled map, a pass less over the layer's largest activation. A VALID stride-1
-        convolution then computes only the outputs the windows read, not a ragged edge the pool drops."""
+        windows, the bias added after (``ops.conv2d_max_pool``: exact, and a pass less over the largest map)."""
         channels = x.shape[-1]
         if channels % self.groups:
             raise ValueError(f"{self.name}: groups={self.groups} does not divide the {channels} input channels")
         kernel = self.param("kernel", self.kernel_init,
                             (self.kernel_size, self.kernel_size, channels // self.groups, self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
-        x = x.astype(self.dtype)
-        if max_pool and self.padding == "VALID" and self.strides == 1:
-            reach = self.dilation * (self.kernel_size - 1)  # input rows or columns beyond an output's
-            x = x[:, :(x.shape[1] - reach) // max_pool * max_pool + reach,
-                  :(x.shape[2] - reach) // max_pool * max_pool + reach]
-        y = ops.conv2d(x, kernel.astype(self.dtype), stride=self.strides, padding=self.padding,
-                       dilation=self.dilation, groups=self.groups)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        bias = None if bias is None else bias.astype(self.dtype)
+        geometry = dict(stride=self.strides, padding=self.padding, dilation=self.dilation, groups=self.groups)
         if max_pool:
-            y = ops.max_pool(y, max_pool)
-        return y if bias is None else y + bias.astype(self.dtype)
+            return ops.conv2d_max_pool(x, kernel, bias, max_pool, **geometry)
+        return ops.conv2d(x, kernel, bias, **geometry)
 
 
 class ConvBN(nn.Module):

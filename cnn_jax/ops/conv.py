@@ -12,6 +12,7 @@ from jax._src import config as jax_config
 from cnn_jax.ops import arithmetic
 from cnn_jax.ops import onednn
 from cnn_jax.ops import padding as padding_lib
+from cnn_jax.ops import pooling
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Tracing-time switches, part of jit's cache key (as JAX's own config options are: the one private JAX API used
@@ -68,7 +69,8 @@ def _wrap_first(x, pads, mode):
 
 
 def _depthwise_shifted(x, kernel, strides, dilations, pads, mode):
-    """Depthwise convolution as a sum of kh * kw shifted, scaled copies of the input.
+    """Depthwise convolution (one input channel per group, a one-channel convolution included) as a sum of
+    kh * kw shifted, scaled copies of the input.
 
     Elementwise work only: on CPU it runs 10-25x faster than XLA's grouped convolution forward and 3-10x
     faster through its gradients (MobileNet/EfficientNet shapes, measured in BENCHMARKS.md).
@@ -212,6 +214,66 @@ def conv2d_epilogue(x: jnp.ndarray, kernel: jnp.ndarray, scale: jnp.ndarray, shi
                                                                               dilation)[2]):
         return _epilogue_fused(x, kernel, scale, shift, residual, activation, *geometry.values())
     return _epilogue_separately(x, kernel, scale, shift, residual, activation, **geometry)
+
+
+# Most kernel taps (C * kh * kw) for which a one-channel convolution before a max pool runs as shifted
+# multiply-adds: simple_cnn's first layer, 1x3x3, took 0.6-0.9 ms with its pool at batch 128 where oneDNN and
+# the pool took 0.9-1.6 ms; at 5x5 or 3 channels the fused loop ran 2-30x slower than oneDNN (2026-12-06).
+_SHIFTED_TAPS = 9
+
+
+def conv2d_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray], window, *, stride=1,
+                    padding: padding_lib.PaddingLike = "SAME", dilation=1, groups: int = 1) -> jnp.ndarray:
+    """``max_pool(conv2d(x, kernel), window) + bias``: the convolution max-pooled in non-overlapping ``window``
+    windows, its ``bias`` (None for none) added to the smaller pooled map, which is exact (the maximum commutes
+    with adding a per-channel constant).
+
+    A VALID stride-1 convolution computes only the outputs the windows read, not the ragged edge the pool drops.
+    A float32 one-channel convolution with at most ``_SHIFTED_TAPS`` taps (a 3x3 kernel on grayscale images) runs
+    as shifted multiply-adds that XLA fuses with the pool into one loop on CPU, so the full-size map is never
+    written; its derivative, and with it the forward of a differentiated (training) step, is that of the separate
+    ops. ``unfused()`` and ``xla_only()`` keep the separate ops.
+    """
+    _check(x, kernel, groups)
+    window = padding_lib.pair(window, "window")
+    strides, dilations = padding_lib.pair(stride, "stride"), padding_lib.pair(dilation, "dilation")
+    if isinstance(padding, str) and padding.upper() == "VALID" and strides == (1, 1):
+        reach = [d * (k - 1) for d, k in zip(dilations, kernel.shape[:2])]  # input rows/columns beyond an output's
+        x = x[:, :(x.shape[1] - reach[0]) // window[0] * window[0] + reach[0],
+              :(x.shape[2] - reach[1]) // window[1] * window[1] + reach[1]]
+    geometry = dict(window=window, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    kernel = kernel.astype(x.dtype)
+    taps = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+    if (not _XLA_ONLY.value and not _UNFUSED.value and x.dtype == jnp.float32 and x.shape[-1] == 1
+            and taps <= _SHIFTED_TAPS):
+        return _pooled_shifted(x, kernel, bias, *geometry.values())
+    return _conv_then_pool(x, kernel, bias, **geometry)
+
+
+def _conv_then_pool(x, kernel, bias, *, window, stride, padding, dilation, groups):
+    y = pooling.max_pool(conv2d(x, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups), window)
+    return y if bias is None else y + bias.astype(y.dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _pooled_shifted(x, kernel, bias, window, stride, padding, dilation, groups):
+    separately = functools.partial(_conv_then_pool, window=window, stride=stride, padding=padding,
+                                   dilation=dilation, groups=groups)
+    strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
+
+    def shifted(x, kernel, bias):  # one input channel: each tap broadcasts over the output features
+        y = pooling.max_pool(_depthwise_shifted(x, kernel, strides, dilations, pads, mode), window)
+        return y if bias is None else y + bias.astype(y.dtype)
+
+    return lax.platform_dependent(x, kernel, bias, cpu=shifted, default=separately)
+
+
+@_pooled_shifted.defjvp
+def _pooled_shifted_jvp(window, stride, padding, dilation, groups, primals, tangents):
+    """The separate ops' primal and derivative: a training step runs exactly the unfused forward."""
+    separately = functools.partial(_conv_then_pool, window=window, stride=stride, padding=padding,
+                                   dilation=dilation, groups=groups)
+    return jax.jvp(separately, primals, tangents)
 
 
 def conv2d_reference(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None, *,
