@@ -97,9 +97,9 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, residual: Optional[Array] = None) -> Array:
-        epilogue = _EPILOGUES.get(self.activation, False)
-        if not train and epilogue is not False and not self.is_initializing() and ops.fuses_epilogues(self.dtype):
-            return self._in_one_kernel(x, residual, epilogue)
+        if (not train and self.activation in _EPILOGUES and not self.is_initializing()
+                and ops.fuses_epilogues(self.dtype)):
+            return self._in_one_kernel(x, residual, _EPILOGUES[self.activation])
         x = Conv(self.features, self.kernel_size, self.strides,
                  padding_for(self.padding_mode, self.kernel_size, self.dilation), self.dilation, self.groups,
                  use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init, name="conv")(x)

@@ -151,7 +151,11 @@ def fuses_epilogues(dtype) -> bool:
     """Whether ``conv2d_epilogue`` on ``dtype`` operands runs as one oneDNN kernel here (float32, or bfloat16 with
     native bf16 instructions, on one CPU device, outside ``xla_only`` and ``unfused``). Layers ask it before taking
     that path (``ConvBN``'s evaluation reads its BatchNorm as the kernel's scale and shift)."""
-    return not _XLA_ONLY.value and not _UNFUSED.value and _onednn_serves(jnp.dtype(dtype), _NO_PADS)
+    return _fuses(jnp.dtype(dtype), _NO_PADS)
+
+
+def _fuses(dtype, pads) -> bool:
+    return not _XLA_ONLY.value and not _UNFUSED.value and _onednn_serves(dtype, pads)
 
 
 def _epilogue_separately(x, kernel, scale, shift, residual, activation, *, stride, padding, dilation, groups):
@@ -210,8 +214,7 @@ def conv2d_epilogue(x: jnp.ndarray, kernel: jnp.ndarray, scale: jnp.ndarray, shi
     kernel = kernel.astype(x.dtype)
     residual = None if residual is None else residual.astype(x.dtype)
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    if fuses_epilogues(x.dtype) and _onednn_serves(x.dtype, _explicit_padding(x, kernel, stride, padding,
-                                                                              dilation)[2]):
+    if _fuses(x.dtype, _explicit_padding(x, kernel, stride, padding, dilation)[2]):
         return _epilogue_fused(x, kernel, scale, shift, residual, activation, *geometry.values())
     return _epilogue_separately(x, kernel, scale, shift, residual, activation, **geometry)
 

@@ -260,37 +260,63 @@ std::string Shape(ffi::Span<const int64_t> dims) {
   return text + ")";
 }
 
+ffi::Error Invalid(const std::string& target, const std::string& problem) {
+  return ffi::Error::InvalidArgument(target + ": " + problem);
+}
+
+// The geometry of a call in `mode` from its images (NHWC), kernel (HWIO) and outputs (NHWC) dimensions, its
+// attributes and dtype (float32 or bfloat16), or the error that names what does not fit.
+ffi::ErrorOr<Geometry> GeometryOf(const std::string& target, int64_t mode, ffi::DataType dtype,
+                                  ffi::Span<const int64_t> images, ffi::Span<const int64_t> kernel,
+                                  ffi::Span<const int64_t> outputs, ffi::Span<const int64_t> strides,
+                                  ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation, int64_t groups) {
+  if (strides.size() != 2 || padding.size() != 4 || dilation.size() != 2 || groups < 1) {
+    return ffi::Unexpected(Invalid(target, "bad geometry attributes"));
+  }
+  if (dtype != ffi::F32 && dtype != ffi::BF16) {
+    return ffi::Unexpected(Invalid(target, "images, kernel and result must be float32 or bfloat16"));
+  }
+  if (images.size() != 4 || kernel.size() != 4 || outputs.size() != 4) {
+    return ffi::Unexpected(Invalid(target, "operands must be rank 4 (NHWC images, HWIO kernel)"));
+  }
+  if (kernel[2] * groups != images[3] || kernel[3] % groups) {
+    return ffi::Unexpected(Invalid(target, "kernel " + Shape(kernel) + " does not fit images " + Shape(images) +
+                                               " in " + std::to_string(groups) + " groups"));
+  }
+  return Geometry{images[0], images[1], images[2], images[3], kernel[0], kernel[1], kernel[3], outputs[1],
+                  outputs[2], strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], dilation[0],
+                  dilation[1], groups, mode, dtype == ffi::BF16 ? memory::data_type::bf16 : memory::data_type::f32};
+}
+
+// Runs g, turning a oneDNN failure into an error that names the target, mode and shapes.
+template <typename... Buffers>
+ffi::Error RunOrError(const std::string& target, const Geometry& g, Buffers... buffers) {
+  try {
+    Run(g, buffers...);
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(target + ": oneDNN failed (status " + std::to_string(e.status) + ") in mode " +
+                                std::to_string(g.mode) + " for images (" + std::to_string(g.n) + ", " +
+                                std::to_string(g.h) + ", " + std::to_string(g.w) + ", " + std::to_string(g.c) +
+                                "), " + std::to_string(g.o) + " output channels: " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error Conv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t mode,
                 ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                 ffi::Span<const int64_t> dilation, int64_t groups) {
-  if (mode < 0 || mode > 2 || strides.size() != 2 || padding.size() != 4 || dilation.size() != 2 || groups < 1) {
-    return ffi::Error::InvalidArgument("cnn_jax_conv: bad mode or geometry attributes");
-  }
+  const std::string target = "cnn_jax_conv";
+  if (mode < 0 || mode > 2) return Invalid(target, "bad mode " + std::to_string(mode));
   auto dtype = a.element_type();
-  if ((dtype != ffi::F32 && dtype != ffi::BF16) || b.element_type() != dtype || out->element_type() != dtype) {
-    return ffi::Error::InvalidArgument("cnn_jax_conv: operands and result must all be float32 or all bfloat16");
+  if (b.element_type() != dtype || out->element_type() != dtype) {
+    return Invalid(target, "operands and result must all be float32 or all bfloat16");
   }
   auto images = mode == 1 ? out->dimensions() : a.dimensions();
   auto kernel = mode == 2 ? out->dimensions() : b.dimensions();
   auto outputs = mode == 0 ? out->dimensions() : mode == 1 ? a.dimensions() : b.dimensions();
-  if (images.size() != 4 || kernel.size() != 4 || outputs.size() != 4) {
-    return ffi::Error::InvalidArgument("cnn_jax_conv: operands must be rank 4 (NHWC images, HWIO kernel)");
-  }
-  if (kernel[2] * groups != images[3] || kernel[3] % groups) {
-    return ffi::Error::InvalidArgument("cnn_jax_conv: kernel " + Shape(kernel) + " does not fit images " +
-                                       Shape(images) + " in " + std::to_string(groups) + " groups");
-  }
-  Geometry g{images[0], images[1], images[2], images[3], kernel[0], kernel[1], kernel[3], outputs[1], outputs[2],
-             strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], dilation[0], dilation[1],
-             groups, mode, dtype == ffi::BF16 ? memory::data_type::bf16 : memory::data_type::f32};
-  try {
-    Run(g, a.untyped_data(), b.untyped_data(), out->untyped_data());
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal("cnn_jax_conv: oneDNN failed (status " + std::to_string(e.status) + ") in mode " +
-                                std::to_string(mode) + " for images " + Shape(images) + ", kernel " + Shape(kernel) +
-                                ", outputs " + Shape(outputs) + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  auto g = GeometryOf(target, mode, dtype, images, kernel, outputs, strides, padding, dilation, groups);
+  if (!g) return g.error();
+  return RunOrError(target, *g, a.untyped_data(), b.untyped_data(), out->untyped_data());
 }
 
 // Mode 3: `rest` holds the residual when `residual` is set.
@@ -299,42 +325,33 @@ ffi::Error ConvFused(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer scale, f
                      ffi::Result<ffi::AnyBuffer> out,
                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                      ffi::Span<const int64_t> dilation, int64_t groups, int64_t residual, int64_t activation) {
-  if (strides.size() != 2 || padding.size() != 4 || dilation.size() != 2 || groups < 1 || activation < 0 ||
-      activation > 2 || rest.size() != static_cast<size_t>(residual ? 1 : 0)) {
-    return ffi::Error::InvalidArgument("cnn_jax_conv_fused: bad geometry, epilogue or operand count");
+  const std::string target = "cnn_jax_conv_fused";
+  if (activation < 0 || activation > 2 || rest.size() != static_cast<size_t>(residual ? 1 : 0)) {
+    return Invalid(target, "bad epilogue or operand count");
   }
   auto dtype = x.element_type();
-  if ((dtype != ffi::F32 && dtype != ffi::BF16) || w.element_type() != dtype || out->element_type() != dtype ||
-      scale.element_type() != ffi::F32 || shift.element_type() != ffi::F32) {
-    return ffi::Error::InvalidArgument("cnn_jax_conv_fused: x, w and the result must be all float32 or all "
-                                       "bfloat16, the scale and shift float32");
+  if (w.element_type() != dtype || out->element_type() != dtype || scale.element_type() != ffi::F32 ||
+      shift.element_type() != ffi::F32) {
+    return Invalid(target, "x, w and the result must be all float32 or all bfloat16, the scale and shift float32");
   }
+  auto g = GeometryOf(target, 3, dtype, x.dimensions(), w.dimensions(), out->dimensions(), strides, padding,
+                      dilation, groups);
+  if (!g) return g.error();
+  for (auto vector : {scale.dimensions(), shift.dimensions()}) {
+    if (vector.size() != 1 || vector[0] != g->o) return Invalid(target, "scale and shift must be (output channels,)");
+  }
+  g->residual = residual;
+  g->activation = activation;
   void* residual_data = nullptr;
   if (residual) {
     auto r = rest.get<ffi::AnyBuffer>(0);
     if (!r.has_value() || r->element_type() != dtype || r->dimensions().size() != 4) {
-      return ffi::Error::InvalidArgument("cnn_jax_conv_fused: the residual must be shaped and typed as the result");
+      return Invalid(target, "the residual must be shaped and typed as the result");
     }
     residual_data = r->untyped_data();
   }
-  auto images = x.dimensions(), kernel = w.dimensions(), outputs = out->dimensions();
-  if (images.size() != 4 || kernel.size() != 4 || outputs.size() != 4 || kernel[2] * groups != images[3] ||
-      kernel[3] % groups || scale.dimensions().size() != 1 || scale.dimensions()[0] != kernel[3] ||
-      shift.dimensions().size() != 1 || shift.dimensions()[0] != kernel[3]) {
-    return ffi::Error::InvalidArgument("cnn_jax_conv_fused: kernel " + Shape(kernel) + " does not fit images " +
-                                       Shape(images) + " in " + std::to_string(groups) + " groups, or the scale or shift");
-  }
-  Geometry g{images[0], images[1], images[2], images[3], kernel[0], kernel[1], kernel[3], outputs[1], outputs[2],
-             strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], dilation[0], dilation[1],
-             groups, 3, dtype == ffi::BF16 ? memory::data_type::bf16 : memory::data_type::f32, residual, activation};
-  try {
-    Run(g, x.untyped_data(), w.untyped_data(), out->untyped_data(), scale.untyped_data(),
-        shift.untyped_data(), residual_data);
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal("cnn_jax_conv_fused: oneDNN failed (status " + std::to_string(e.status) +
-                                ") for images " + Shape(images) + ", kernel " + Shape(kernel) + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  return RunOrError(target, *g, x.untyped_data(), w.untyped_data(), out->untyped_data(), scale.untyped_data(),
+                    shift.untyped_data(), residual_data);
 }
 
 }  // namespace
