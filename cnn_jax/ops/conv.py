@@ -219,10 +219,13 @@ def conv2d_epilogue(x: jnp.ndarray, kernel: jnp.ndarray, scale: jnp.ndarray, shi
     return _epilogue_separately(x, kernel, scale, shift, residual, activation, **geometry)
 
 
-# Most kernel taps (C * kh * kw) for which a one-channel convolution before a max pool runs as shifted
-# multiply-adds: simple_cnn's first layer, 1x3x3, took 0.6-0.9 ms with its pool at batch 128 where oneDNN and
-# the pool took 0.9-1.6 ms; at 5x5 or 3 channels the fused loop ran 2-30x slower than oneDNN (2026-12-06).
+# When a one-channel convolution before a max pool runs as shifted multiply-adds: at most this many kernel taps
+# (C * kh * kw) and a full-size map of at least this many bytes. simple_cnn's first layer, 1x3x3, took 0.6-0.9 ms
+# with its pool at batch 128 where oneDNN and the pool took 0.9-1.6 ms, and its whole inference step ran
+# 1.1-1.3x faster from batch 2 to 128; at batch 1 (an 86 KB map, in cache either way) it ran 10-20 us slower, the
+# oneDNN call after the XLA loop starting later; at 5x5 or 3 channels the loop ran 2-30x slower (2026-12-06).
 _SHIFTED_TAPS = 9
+_SHIFTED_MAP_BYTES = 128 * 1024
 
 
 def conv2d_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray], window, *, stride=1,
@@ -232,25 +235,33 @@ def conv2d_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndar
     with adding a per-channel constant).
 
     A VALID stride-1 convolution computes only the outputs the windows read, not the ragged edge the pool drops.
-    A float32 one-channel convolution with at most ``_SHIFTED_TAPS`` taps (a 3x3 kernel on grayscale images) runs
-    as shifted multiply-adds that XLA fuses with the pool into one loop on CPU, so the full-size map is never
-    written; its derivative, and with it the forward of a differentiated (training) step, is that of the separate
-    ops. ``unfused()`` and ``xla_only()`` keep the separate ops.
+    Where ``_shifted_pays`` (a 3x3 kernel on grayscale images, beyond batch 1) the convolution runs as shifted
+    multiply-adds that XLA fuses with the pool into one loop on CPU, so the full-size map is never written; its
+    derivative, and with it the forward of a differentiated (training) step, is that of the separate ops.
     """
     _check(x, kernel, groups)
     window = padding_lib.pair(window, "window")
-    strides, dilations = padding_lib.pair(stride, "stride"), padding_lib.pair(dilation, "dilation")
-    if isinstance(padding, str) and padding.upper() == "VALID" and strides == (1, 1):
-        reach = [d * (k - 1) for d, k in zip(dilations, kernel.shape[:2])]  # input rows/columns beyond an output's
+    if isinstance(padding, str) and padding.upper() == "VALID" and padding_lib.pair(stride, "stride") == (1, 1):
+        # input rows and columns beyond an output's
+        reach = [d * (k - 1) for d, k in zip(padding_lib.pair(dilation, "dilation"), kernel.shape[:2])]
         x = x[:, :(x.shape[1] - reach[0]) // window[0] * window[0] + reach[0],
               :(x.shape[2] - reach[1]) // window[1] * window[1] + reach[1]]
     geometry = dict(window=window, stride=stride, padding=padding, dilation=dilation, groups=groups)
     kernel = kernel.astype(x.dtype)
-    taps = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
-    if (not _XLA_ONLY.value and not _UNFUSED.value and x.dtype == jnp.float32 and x.shape[-1] == 1
-            and taps <= _SHIFTED_TAPS):
+    if _shifted_pays(x, kernel, stride, padding, dilation):
         return _pooled_shifted(x, kernel, bias, *geometry.values())
     return _conv_then_pool(x, kernel, bias, **geometry)
+
+
+def _shifted_pays(x, kernel, stride, padding, dilation) -> bool:
+    """A float32 one-channel convolution with at most ``_SHIFTED_TAPS`` taps and a full-size map of at least
+    ``_SHIFTED_MAP_BYTES``, outside ``unfused()`` and ``xla_only()``."""
+    if _XLA_ONLY.value or _UNFUSED.value or x.dtype != jnp.float32 or x.shape[-1] != 1:
+        return False
+    strides, dilations, pads, _ = _explicit_padding(x, kernel, stride, padding, dilation)
+    out_h, out_w = arithmetic.conv_output_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilations)
+    map_bytes = x.shape[0] * out_h * out_w * kernel.shape[3] * 4
+    return kernel.shape[0] * kernel.shape[1] <= _SHIFTED_TAPS and map_bytes >= _SHIFTED_MAP_BYTES
 
 
 def _conv_then_pool(x, kernel, bias, *, window, stride, padding, dilation, groups):
