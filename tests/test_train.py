@@ -477,3 +477,13 @@ if __name__ == "__main__":  # The 8-device half of test_eight_devices_agree_with
                            sys.argv[1] + "_odd")
     except ValueError as error:
         print(error)
+
+
+def test_orbax_is_imported_only_when_a_checkpointer_is_made():
+    """Importing the training engine leaves out orbax (tensorstore, an event loop: 30 MB resident), which only
+    checkpointing needs."""
+    program = ("import sys; import cnn_jax.train as t; assert 'orbax' not in sys.modules, 'imported early'; "
+               "import tempfile; t.Checkpointer(tempfile.mkdtemp(), 1); assert 'orbax' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=180,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
