@@ -30,6 +30,7 @@ from jax.test_util import check_grads
 from cnn_jax import ops
 from cnn_jax.ops import LayerGeometry
 from cnn_jax.ops import onednn
+from cnn_jax.ops import padding as padding_lib
 
 REORDERED = dict(rtol=1e-5, atol=1e-5)
 TRANSLATED = dict(rtol=0, atol=0) if jax.default_backend() == "cpu" else REORDERED
@@ -310,6 +311,24 @@ def test_tiled_max_pool_gradient_goes_to_the_first_maximum_of_ties(window):
     tangent = normal(3, x.shape)  # forward mode: the tangent of each window's first maximum
     np.testing.assert_array_equal(jax.jvp(lambda x: ops.max_pool(x, window), (x,), (tangent,))[1],
                                   jax.jvp(reduce, (x,), (tangent,))[1])
+
+
+@pytest.mark.parametrize("window, stride, padding", [(3, 2, "SAME"), (3, 1, "VALID"), ((2, 3), (1, 2), "SAME"),
+                                                     (2, 3, "VALID"), (2, 2, 1)])
+def test_strided_max_pool_derivatives_are_reduce_windows_with_ties(window, stride, padding):
+    """Overlapping (and gapped, and padded) max pools: values from {0, 1, 2}, so most windows hold a tied maximum;
+    the written-out derivative gives lax.reduce_window's cotangents and tangents exactly."""
+    x = jnp.asarray(np.random.default_rng(4).integers(0, 3, (2, 7, 9, 3)), jnp.float32)
+    w, s = (window, window) if isinstance(window, int) else window, (stride, stride) if isinstance(stride, int) else stride
+    pads, _ = padding_lib.resolve(padding, x.shape[1:3], w, s)
+    reduce = lambda x: lax.reduce_window(jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf), -jnp.inf,
+                                         lax.max, (1, *w, 1), (1, *s, 1), "VALID")
+    pool = lambda x: ops.max_pool(x, window, stride, padding)
+    np.testing.assert_array_equal(pool(x), reduce(x))
+    cotangent = normal(5, reduce(x).shape)
+    np.testing.assert_array_equal(jax.vjp(pool, x)[1](cotangent)[0], jax.vjp(reduce, x)[1](cotangent)[0])
+    tangent = normal(6, x.shape)
+    np.testing.assert_array_equal(jax.jvp(pool, (x,), (tangent,))[1], jax.jvp(reduce, (x,), (tangent,))[1])
 
 
 @pytest.mark.parametrize("window, stride, padding", [(2, 2, "VALID"), (3, 2, "SAME"), (3, 1, ((1, 0), (2, 1))),
