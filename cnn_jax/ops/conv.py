@@ -222,7 +222,7 @@ def conv2d_epilogue(x: jnp.ndarray, kernel: jnp.ndarray, scale: jnp.ndarray, shi
 # When a one-channel convolution before a max pool runs as shifted multiply-adds: at most this many kernel taps
 # (C * kh * kw) and a full-size map of at least this many bytes. simple_cnn's first layer, 1x3x3, took 0.6-0.9 ms
 # with its pool at batch 128 where oneDNN and the pool took 0.9-1.6 ms, and its whole inference step ran
-# 1.1-1.3x faster from batch 2 to 128; at batch 1 (an 86 KB map, in cache either way) it ran 10-20 us slower, the
+# 1.1-1.3x faster from batch 4 to 128 (0.8-1.3x at batch 2); at batch 1 (an 86 KB map, in cache either way) it ran 10-20 us slower, the
 # oneDNN call after the XLA loop starting later; at 5x5 or 3 channels the loop ran 2-30x slower (2026-12-06).
 _SHIFTED_TAPS = 9
 _SHIFTED_MAP_BYTES = 128 * 1024
@@ -264,21 +264,19 @@ def _shifted_pays(x, kernel, stride, padding, dilation) -> bool:
     return kernel.shape[0] * kernel.shape[1] <= _SHIFTED_TAPS and map_bytes >= _SHIFTED_MAP_BYTES
 
 
-def _conv_then_pool(x, kernel, bias, *, window, stride, padding, dilation, groups):
-    y = pooling.max_pool(conv2d(x, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups), window)
+def _conv_then_pool(x, kernel, bias, *, window, convolve=conv2d, **geometry):
+    y = pooling.max_pool(convolve(x, kernel, **geometry), window)
     return y if bias is None else y + bias.astype(y.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6, 7))
 def _pooled_shifted(x, kernel, bias, window, stride, padding, dilation, groups):
+    strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
+    # one input channel: each tap broadcasts over the output features
+    shifted = functools.partial(_conv_then_pool, window=window, convolve=lambda x, kernel: _depthwise_shifted(
+        x, kernel, strides, dilations, pads, mode))
     separately = functools.partial(_conv_then_pool, window=window, stride=stride, padding=padding,
                                    dilation=dilation, groups=groups)
-    strides, dilations, pads, mode = _explicit_padding(x, kernel, stride, padding, dilation)
-
-    def shifted(x, kernel, bias):  # one input channel: each tap broadcasts over the output features
-        y = pooling.max_pool(_depthwise_shifted(x, kernel, strides, dilations, pads, mode), window)
-        return y if bias is None else y + bias.astype(y.dtype)
-
     return lax.platform_dependent(x, kernel, bias, cpu=shifted, default=separately)
 
 
