@@ -1,4 +1,4 @@
-"""Tests of ``scripts/benchmark.py``: a smoke run of the command as users type it (simple_cnn at batch 8, a couple of
+"""Tests of ``benchmarks/benchmark.py``: a smoke run of the command as users type it (simple_cnn at batch 8, a couple of
 steps, every installed framework but torch_compile, whose compiles take a minute) checked for the issue's JSON
 schema, sane values and the table's ratios; the mirrored resnet20s' parameter counts; the plan over frameworks and
 dtypes, and the skipping of frameworks that are not installed; one bfloat16 step of cnn_jax and of PyTorch's
@@ -16,8 +16,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(ROOT, "scripts")
-sys.path.insert(0, SCRIPTS)
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCHMARKS)
 
 from bench_lib import RecordSpec, plan  # noqa: E402
 
@@ -32,7 +32,7 @@ SIMPLE_CNN_MACS = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 32 * 9 + 1600 * 10
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(SCRIPTS, "benchmark.py"), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, os.path.join(BENCHMARKS, "benchmark.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -45,7 +45,7 @@ def smoke(tmp_path_factory):
     return result, json.loads(out.read_text()), json.loads(out.with_name("benchmark.meta.json").read_text())
 
 
-@pytest.mark.slow  # runs scripts/benchmark.py end to end (33 s); `python -m pytest -m slow`
+@pytest.mark.slow  # runs benchmarks/benchmark.py end to end (33 s); `python -m pytest -m slow`
 def test_records_follow_the_issue_schema(smoke):
     _, records, _ = smoke
     installed, _ = plan.plan(["simple_cnn"], SMOKE_FRAMEWORKS, plan.MODES)
@@ -56,7 +56,7 @@ def test_records_follow_the_issue_schema(smoke):
         assert record["batch_size"] == 8 and isinstance(record["batch_size"], int)
 
 
-@pytest.mark.slow  # runs scripts/benchmark.py end to end (33 s); `python -m pytest -m slow`
+@pytest.mark.slow  # runs benchmarks/benchmark.py end to end (33 s); `python -m pytest -m slow`
 def test_values_are_positive_and_sane(smoke):
     _, records, meta = smoke
     for record in records:
@@ -69,7 +69,7 @@ def test_values_are_positive_and_sane(smoke):
     assert meta["matmul_gflops"] > 0.1
 
 
-@pytest.mark.slow  # runs scripts/benchmark.py end to end (33 s); `python -m pytest -m slow`
+@pytest.mark.slow  # runs benchmarks/benchmark.py end to end (33 s); `python -m pytest -m slow`
 def test_model_flops_match_the_analytic_count(smoke):
     _, _, meta = smoke
     gflops = meta["forward_gflops_per_image"]["cnn_jax simple_cnn"]
@@ -77,7 +77,7 @@ def test_model_flops_match_the_analytic_count(smoke):
     assert 2 * SIMPLE_CNN_MACS <= gflops * 1e9 <= 1.05 * 2 * SIMPLE_CNN_MACS
 
 
-@pytest.mark.slow  # runs scripts/benchmark.py end to end (33 s); `python -m pytest -m slow`
+@pytest.mark.slow  # runs benchmarks/benchmark.py end to end (33 s); `python -m pytest -m slow`
 def test_table_lists_every_record_under_a_header_with_the_machine(smoke):
     result, records, meta = smoke
     assert f"{meta['matmul_gflops']:.1f} GFLOP/s" in result.stdout
@@ -311,7 +311,7 @@ def test_a_warm_record_reads_the_compilations_a_first_process_cached(tmp_path):
     command = [sys.executable, "-m", "bench_lib.worker", json.dumps(spec.__dict__)]
     entries = []
     for _ in range(2):
-        child = subprocess.run(command, cwd=SCRIPTS, capture_output=True, text=True, timeout=300)
+        child = subprocess.run(command, cwd=BENCHMARKS, capture_output=True, text=True, timeout=300)
         assert child.returncode == 0, child.stderr[-2000:]
         entries.append({path.name: path.stat().st_mtime_ns for path in cache.iterdir()})
     assert entries[0] and entries[1] == entries[0]

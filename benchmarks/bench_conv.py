@@ -1,7 +1,7 @@
 """Times the CPU convolution lowerings on this machine, per dtype: XLA's convolution, shifted multiply-adds
 (depthwise only) and oneDNN.
 
-    python scripts/bench_conv.py [--shapes=resnet20,mobilenet] [--dtypes=float32,bfloat16] [--repeats=5]
+    python benchmarks/bench_conv.py [--shapes=resnet20,mobilenet] [--dtypes=float32,bfloat16] [--repeats=5]
 
 ``ops.conv2d`` runs float32 and bfloat16 convolutions on oneDNN on CPU (bfloat16 where the CPU has bf16 kernels),
 and depthwise ones on shifted multiply-adds with several CPU devices. One row per (shape, dtype, path): forward

@@ -1,7 +1,7 @@
 """Training and inference speed of cnn_jax beside PyTorch (eager and `torch.compile`) and Keras 3 (TensorFlow
 backend), same models, in float32 and in bfloat16 mixed precision.
 
-    python scripts/benchmark.py --models=simple_cnn,resnet20 --frameworks=cnn_jax,torch,torch_compile,keras \\
+    python benchmarks/benchmark.py --models=simple_cnn,resnet20 --frameworks=cnn_jax,torch,torch_compile,keras \\
         --batch_size=128 --dtype=float32,bfloat16 --out=benchmark.json
 
 prints a table and writes `--out`: a JSON list of records with the keys `framework`, `model`, `mode` ("train" or
@@ -11,7 +11,7 @@ versions, the measured matmul speed and the model FLOPs go to the table's header
 The models: `simple_cnn` (28x28x1, 10 classes) and `resnet20` (32x32x3, 10 classes) at `--batch_size`;
 `mobilenet_v2` and `resnet50` (224x224x3, 1000 classes) at `--batch_size_224`, smaller because an image at 224x224
 costs 8x (mobilenet_v2) to 100x (resnet50) the FLOPs of a resnet20 image. The same architecture runs in every
-framework: torch and Keras versions of simple_cnn and resnet20 are written out in `scripts/bench_lib/` to mirror
+framework: torch and Keras versions of simple_cnn and resnet20 are written out in `benchmarks/bench_lib/` to mirror
 cnn_jax's; mobilenet_v2 and resnet50 come from torchvision and `keras.applications` (weights=None). Every child process asserts that its model's trainable-parameter count
 equals cnn_jax's (for Keras' applications, that of cnn_jax's `variant="keras"`). One optimizer for all: SGD,
 momentum 0.9, learning rate 0.01, softmax cross-entropy on logits.
@@ -87,7 +87,7 @@ from bench_lib.plan import DTYPES, FRAMEWORKS, MODES, NUM_CLASSES, is_imagenet, 
 from bench_lib.worker import RESULT_PREFIX
 from cnn_jax import cli, huge_pages, models, ops
 
-SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 # The cnn_jax variant each framework's model mirrors (params to assert, FLOPs to count); default otherwise.
 VARIANTS = {("keras", "mobilenet_v2"): {"variant": "keras"}, ("keras", "resnet50"): {"variant": "keras"}}
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + input gradients + weight gradients
@@ -209,7 +209,7 @@ def run_record(spec: RecordSpec, timeout_s: float, env: dict) -> tuple[Optional[
     """Measures one record in a child process: its measurements, or None and why it failed."""
     command = [sys.executable, "-m", "bench_lib.worker", json.dumps(dataclasses.asdict(spec))]
     try:
-        child = subprocess.run(command, cwd=SCRIPTS_DIR, capture_output=True, text=True, timeout=timeout_s,
+        child = subprocess.run(command, cwd=BENCHMARKS_DIR, capture_output=True, text=True, timeout=timeout_s,
                                env=env)
     except subprocess.TimeoutExpired:
         return None, f"ran past --timeout_s={timeout_s:g}"

@@ -2,7 +2,7 @@
 and `model.predict_on_batch` after `model.compile(jit_compile=...)`.
 
 `jit_compile=True` (XLA, what Keras' "auto" picks for this backend) or False (a plain `tf.function` graph
-running TensorFlow's oneDNN kernels) comes from `spec.keras_jit_compile`; see `scripts/benchmark.py` for which
+running TensorFlow's oneDNN kernels) comes from `spec.keras_jit_compile`; see `benchmarks/benchmark.py` for which
 is the default and why. simple_cnn and resnet20 are written out here to mirror cnn_jax's layer for layer
 (trainable-parameter counts checked); mobilenet_v2 and resnet50 are `keras.applications` (weights=None), which
 cnn_jax's `variant="keras"` models follow. `spec.dtype == "bfloat16"` sets Keras' "mixed_bfloat16" policy (bf16

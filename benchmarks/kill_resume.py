@@ -1,6 +1,6 @@
 """kill -9 at random points, then the same command until it finishes: every run must end as the uninterrupted one.
 
-    python scripts/kill_resume.py --runs=5 --workdir=/tmp/kill_resume --data_dir=$TFDS_DATA_DIR
+    python benchmarks/kill_resume.py --runs=5 --workdir=/tmp/kill_resume --data_dir=$TFDS_DATA_DIR
 
 Runs a short MNIST command (`--command_flags`) once uninterrupted, then `--runs` times with a SIGKILL at a time
 drawn uniformly over the uninterrupted run's duration (seeded), one more kill right after an evaluation is

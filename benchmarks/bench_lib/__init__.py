@@ -1,4 +1,4 @@
-"""The parts of `scripts/benchmark.py`: `plan` says which records to run, and one child process per record
+"""The parts of `benchmarks/benchmark.py`: `plan` says which records to run, and one child process per record
 runs `worker`, which times it; `jax_runner`, `torch_runner` (eager and `torch.compile`) and `keras_runner` build
 that framework's model, optimizer and step. What the runners share lives here: the optimizer settings, the record's
 spec, the random batch, and the parameter-count check that keeps the frameworks on the same architecture.

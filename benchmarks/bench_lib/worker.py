@@ -1,6 +1,6 @@
 """Measures one benchmark record in this process and prints it: `python -m bench_lib.worker SPEC_JSON`.
 
-`scripts/benchmark.py` starts one such process per record, so that `peak_mem_mb` (this process's
+`benchmarks/benchmark.py` starts one such process per record, so that `peak_mem_mb` (this process's
 `ru_maxrss`: the framework's imports, compiling, the model, its optimizer state and the activations of
 one step) belongs to that record alone, and no framework's thread pools or caches touch another's.
 

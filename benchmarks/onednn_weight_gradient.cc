@@ -3,7 +3,7 @@
 // Prints the fastest, median and slowest of 30 calls, to tell a slow kernel from threads that wait at barriers
 // (BENCHMARKS.md, "bfloat16 on oneDNN"). Build and run against the pinned wheels' oneDNN (here in .venv):
 //
-//   g++ -O2 -std=c++17 -I.venv/include scripts/onednn_weight_gradient.cc -o /tmp/onednn_weight_gradient \
+//   g++ -O2 -std=c++17 -I.venv/include benchmarks/onednn_weight_gradient.cc -o /tmp/onednn_weight_gradient \
 //       -L.venv/lib -ldnnl -Wl,-rpath,$PWD/.venv/lib && /tmp/onednn_weight_gradient
 
 #include <algorithm>

@@ -1,9 +1,9 @@
 """Where a jitted training or inference step's time goes on the CPU: the XLA thunks of one step, grouped by what
 they compute.
 
-    python scripts/profile_step.py [--model=resnet20] [--mode=train] [--batch_size=128] [--dtype=float32] [--steps=10]
+    python benchmarks/profile_step.py [--model=resnet20] [--mode=train] [--batch_size=128] [--dtype=float32] [--steps=10]
 
-Runs the training engine's own `train_step` (SGD momentum, as `scripts/benchmark.py` does), or for
+Runs the training engine's own `train_step` (SGD momentum, as `benchmarks/benchmark.py` does), or for
 `--mode=infer` the model's evaluation forward pass (`train=False`, as the benchmark's inference), under `jax.profiler`,
 reads the per-thunk events of the trace (XLA:CPU names each after its HLO instruction) and classifies each
 instruction from the compiled HLO: oneDNN convolutions (the `cnn_jax_conv` custom call, by mode: forward, data

@@ -1,9 +1,9 @@
 """Measurements of the input side (BENCHMARKS.md): the pipeline's decode rate, and a command's peak memory.
 
-  python scripts/measure_input.py --measure=pipeline --dataset=/tmp/folder_8000 --image_size=224 --batches=40
+  python benchmarks/measure_input.py --measure=pipeline --dataset=/tmp/folder_8000 --image_size=224 --batches=40
       decoded images/s of the streaming pipeline alone (cnn_jax.data, this process's train shards, uint8),
       after --warmup batches; --input=memory measures the in-memory path instead.
-  python scripts/measure_input.py --measure=rss -- python -m experiments.transfer --dataset=/tmp/folder_8000 ...
+  python benchmarks/measure_input.py --measure=rss -- python -m experiments.transfer --dataset=/tmp/folder_8000 ...
       runs the command after `--` and samples the resident memory of its whole process tree (children included) every
       0.1 s; prints the peak of the sum, in MB (10^6 bytes), with the command's wall time and exit status.
 """

@@ -1,11 +1,11 @@
 """Inference speed of every runtime of a portable export, beside PyTorch eager: latency and throughput.
 
-    python scripts/bench_inference.py --models=simple_cnn,resnet20 --out=bench_inference.json
+    python benchmarks/bench_inference.py --models=simple_cnn,resnet20 --out=bench_inference.json
 
 For each model, a randomly initialized export (speed does not depend on the weights) is written to a temporary
 workdir with every format (``cnn_jax.export.portable``). Each runtime is then measured in a fresh child process:
 latency at batch 1 (median of ``--latency_runs`` calls after warm-up) and throughput at batch 64 (images/s over
-at least ``--min_seconds``), with PyTorch eager (``scripts/bench_lib/torch_runner``'s mirror of the model, NCHW,
+at least ``--min_seconds``), with PyTorch eager (``benchmarks/bench_lib/torch_runner``'s mirror of the model, NCHW,
 ``model.eval()`` under ``torch.inference_mode()``) as the reference, on every core (``torch``) and on one
 (``torch_1thread``: on a shared machine OpenMP's threads wait for each other when one is descheduled). Start-up is the wall time of a whole
 ``scripts/predict.py`` process that classifies one image with that runtime. One JSON object per line goes to
@@ -22,7 +22,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from absl import app  # noqa: E402
 
