@@ -6,7 +6,10 @@ backend), same models, in float32 and in bfloat16 mixed precision.
 
 prints a table and writes `--out`: a JSON list of records with the keys `framework`, `model`, `mode` ("train" or
 "infer"), `dtype`, `batch_size`, `images_per_sec`, `compile_s`, `peak_mem_mb` and `flops_fraction`. The machine, the
-versions, the measured matmul speed and the model FLOPs go to the table's header and to `<out minus .json>.meta.json`.
+versions, the measured matmul speed and the model FLOPs go to the table's header and to `<out minus .json>.meta.json`,
+and the figure of BENCHMARKS.md (`bench_lib/figure.py`: each framework's images/s relative to the fastest peer, per
+model and mode) to `<out minus .json>.png`. `--plot=a.json,b.json --figure=f.png` draws that figure from records
+written before (a training run and inference runs at other batch sizes, say), and measures nothing.
 
 The models: `simple_cnn` (28x28x1, 10 classes) and `resnet20` (32x32x3, 10 classes) at `--batch_size`;
 `mobilenet_v2` and `resnet50` (224x224x3, 1000 classes) at `--batch_size_224`, smaller because an image at 224x224
@@ -82,7 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 
-from bench_lib import RecordSpec
+from bench_lib import RecordSpec, figure
 from bench_lib.plan import DTYPES, FRAMEWORKS, MODES, NUM_CLASSES, is_imagenet, plan
 from bench_lib.worker import RESULT_PREFIX
 from cnn_jax import cli, huge_pages, models, ops
@@ -121,7 +124,11 @@ class Benchmark:
       compilation_cache: "cold" measures each record in one fresh process, cnn_jax compiling from scratch;
         "warm" measures cnn_jax and torch_compile records in a second process after a first has filled their
         on-disk compilation caches (JAX's in a temporary directory; inductor's), as a repeated run meets them.
-      out: where to write the JSON list of records.
+      out: where to write the JSON list of records; its metadata go beside it (`<out minus .json>.meta.json`),
+        and its figure too (`<out minus .json>.png`) unless --figure names another path.
+      plot: draw the figure of these records files (what --out wrote; several are merged into one figure) at
+        --figure, and measure nothing.
+      figure: where to draw the figure (PNG; default: beside --out).
     """
     models: tuple[str, ...] = tuple(NUM_CLASSES)
     frameworks: tuple[str, ...] = tuple(FRAMEWORKS)
@@ -137,6 +144,8 @@ class Benchmark:
     huge_pages: Literal["all", "cnn_jax", "none"] = "all"
     compilation_cache: Literal["cold", "warm"] = "cold"
     out: str = "benchmark.json"
+    plot: tuple[str, ...] = ()
+    figure: str = ""
 
     def __post_init__(self):
         for name, valid in (("models", tuple(NUM_CLASSES)), ("frameworks", FRAMEWORKS), ("modes", MODES),
@@ -269,30 +278,24 @@ def format_table(records: list, meta: dict) -> str:
              f"{meta['flags']['steps']} timed for at least {meta['flags']['min_seconds']:g} s; "
              f"keras jit_compile={meta['flags']['keras_jit_compile']}; glibc huge-page tunable for "
              f"{meta['flags']['huge_pages']}; compilation caches {meta['flags']['compilation_cache']}"]
-    key = lambda r: (r["model"], r["mode"], r["dtype"])
+    key = figure.group_key
     torch_speed = {key(r): r["images_per_sec"] for r in records if r["framework"] == "torch"}
-    fastest_peer = {}
-    for r in records:
-        if r["framework"] != "cnn_jax":
-            fastest_peer[key(r)] = max(fastest_peer.get(key(r), 0.0), r["images_per_sec"])
-    ratio = lambda speed, base: f"{speed / base:.2f}x" if base else "-"
+    vs_fastest_peer = figure.relative_to_fastest_peer(records)
+    times = lambda value: "-" if value is None else f"{value:.2f}x"
     header = ("framework", "model", "mode", "dtype", "batch", "images/s", "vs torch", "vs fastest peer",
               "compile s", "peak MB", "FLOPs frac")
     rows = [header]
     for r in records:
         rows.append((r["framework"], r["model"], r["mode"], r["dtype"], str(r["batch_size"]),
-                     f"{r['images_per_sec']:.1f}", ratio(r["images_per_sec"], torch_speed.get(key(r))),
-                     ratio(r["images_per_sec"], fastest_peer.get(key(r))), f"{r['compile_s']:.2f}",
+                     f"{r['images_per_sec']:.1f}",
+                     times(r["images_per_sec"] / torch_speed[key(r)] if torch_speed.get(key(r)) else None),
+                     times(vs_fastest_peer.get(key(r), {}).get(r["framework"])), f"{r['compile_s']:.2f}",
                      f"{r['peak_mem_mb']:.0f}", f"{r['flops_fraction']:.4f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
               for row in rows]
     lines += [f"note: {note}" for note in meta["notes"]]
     return "\n".join(lines)
-
-
-def meta_path(out: str) -> str:
-    return (out[:-len(".json")] if out.endswith(".json") else out) + ".meta.json"
 
 
 def record_spec(bench: Benchmark, framework: str, model: str, mode: str, dtype: str = "float32",
@@ -332,6 +335,13 @@ def main(argv):
         bench = cli.parse(Benchmark())
     except ValueError as error:
         raise app.UsageError(str(error)) from None
+    png = bench.figure or figure.beside(bench.out, ".png")
+    if bench.plot:
+        try:
+            print(figure.draw(*figure.load(bench.plot), png))
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        return 0
     planned, notes = plan(bench.models, bench.frameworks, bench.modes, dtypes=bench.dtype)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -357,9 +367,11 @@ def main(argv):
     os.makedirs(os.path.dirname(os.path.abspath(bench.out)), exist_ok=True)
     with open(bench.out, "w") as f:
         json.dump(records, f, indent=1)
-    with open(meta_path(bench.out), "w") as f:
+    with open(figure.beside(bench.out, ".meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print(format_table(records, meta))
+    if figure.relative_to_fastest_peer(records):
+        print(f"figure: {figure.draw(records, [meta], png)}")
     return 1 if failures else 0
 
 

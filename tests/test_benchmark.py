@@ -1,6 +1,7 @@
 """Tests of ``benchmarks/benchmark.py``: a smoke run of the command as users type it (simple_cnn at batch 8, a couple of
 steps, every installed framework but torch_compile, whose compiles take a minute) checked for the issue's JSON
-schema, sane values and the table's ratios; the mirrored resnet20s' parameter counts; the plan over frameworks and
+schema, sane values, the table's ratios and the figure beside them; the figure's ratios and its drawing from records
+files; the mirrored resnet20s' parameter counts; the plan over frameworks and
 dtypes, and the skipping of frameworks that are not installed; one bfloat16 step of cnn_jax and of PyTorch's
 autocast, and (slow) one of torch.compile; and clear errors for bad flags. The speeds themselves are not asserted:
 they depend on the machine and on what else runs on it.
@@ -42,6 +43,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
     result = run_benchmark(*SMOKE, f"--out={out}")
     assert result.returncode == 0, result.stderr[-4000:]
+    assert out.with_name("benchmark.png").stat().st_size > 10_000  # the figure, drawn beside the records
     return result, json.loads(out.read_text()), json.loads(out.with_name("benchmark.meta.json").read_text())
 
 
@@ -315,3 +317,56 @@ def test_a_warm_record_reads_the_compilations_a_first_process_cached(tmp_path):
         assert child.returncode == 0, child.stderr[-2000:]
         entries.append({path.name: path.stat().st_mtime_ns for path in cache.iterdir()})
     assert entries[0] and entries[1] == entries[0]
+
+
+def speed(framework, images_per_sec, model="simple_cnn", mode="train", batch_size=128, dtype="float32"):
+    return {"framework": framework, "model": model, "mode": mode, "dtype": dtype, "batch_size": batch_size,
+            "images_per_sec": images_per_sec}
+
+
+def test_ratios_are_relative_to_the_fastest_peer_of_the_same_model_mode_batch_and_dtype():
+    from bench_lib import figure
+
+    records = [speed("cnn_jax", 150.0), speed("torch", 100.0), speed("keras", 120.0),
+               speed("cnn_jax", 50.0, batch_size=1), speed("torch_compile", 100.0, batch_size=1),
+               speed("cnn_jax", 300.0, dtype="bfloat16"), speed("torch", 200.0, dtype="bfloat16"),
+               speed("cnn_jax", 10.0, model="resnet20")]  # no peer: left out
+    ratios = figure.relative_to_fastest_peer(records)
+    assert ratios == {("simple_cnn", "train", 128, "float32"): {"cnn_jax": 1.25, "torch": 100 / 120, "keras": 1.0},
+                      ("simple_cnn", "train", 1, "float32"): {"cnn_jax": 0.5, "torch_compile": 1.0},
+                      ("simple_cnn", "train", 128, "bfloat16"): {"cnn_jax": 1.5, "torch": 1.0}}
+
+
+def test_plot_draws_the_figure_of_several_records_files_at_its_size(tmp_path):
+    from bench_lib import figure
+    from PIL import Image
+
+    train = [speed(f, s, model=m) for m in ("simple_cnn", "resnet20", "resnet50") for f, s in
+             (("cnn_jax", 90.0), ("torch", 100.0), ("keras", 80.0))]
+    infer = [speed(f, s, mode="infer", batch_size=16) for f, s in (("cnn_jax", 300.0), ("torch_compile", 200.0))]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "train.meta.json").write_text(json.dumps({"date": "2026-12-07T08:00:00+00:00",
+                                                          "machine": {"cpu": "Test CPU", "cpu_count": 2}}))
+    (tmp_path / "infer.json").write_text(json.dumps(infer))  # no metadata beside it: drawn all the same
+    png = tmp_path / "figure" / "benchmark.png"
+    result = run_benchmark(f"--plot={tmp_path / 'train.json'},{tmp_path / 'infer.json'}", f"--figure={png}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = 2  # three models, two panels to a row
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+        assert image.size == (round(figure.WIDTH_IN * figure.DPI),
+                              round((figure.ROW_HEIGHT_IN * rows + 1) * figure.DPI))
+        assert len(set(image.convert("RGB").getdata())) > 20  # bars, text and axes, not a blank canvas
+
+
+@pytest.mark.parametrize("content, named", [(None, "No such file"), ("not json", "Expecting value"),
+                                            ('[{"framework": "torch"}]', "not a list of benchmark records")])
+def test_plot_of_a_missing_or_foreign_file_is_one_error_line(tmp_path, content, named):
+    path = tmp_path / "records.json"
+    if content is not None:
+        path.write_text(content)
+    result = run_benchmark(f"--plot={path}", f"--figure={tmp_path / 'figure.png'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: ") and str(path) in result.stderr and named in result.stderr
+    assert not (tmp_path / "figure.png").exists()
