@@ -1,4 +1,5 @@
-"""The TensorFlow-free TensorBoard writer, read back with TensorFlow's own event reader."""
+"""The TensorFlow-free TensorBoard writer and its TFRecord framing (``cnn_jax.tfrecord``), read back with
+TensorFlow's own readers."""
 from __future__ import annotations
 
 import os
@@ -9,17 +10,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cnn_jax.train import events
+from cnn_jax import tfrecord
 from cnn_jax.train.metrics import MetricWriter
 
 
 def test_crc32c_matches_the_standard_check_values():
     # RFC 3720, B.4: 32 bytes of zeros, of 0xff, and an ascending run; "123456789" is the usual check value.
-    assert events.crc32c(b"123456789") == 0xE3069283
-    assert events.crc32c(bytes(32)) == 0x8A9136AA
-    assert events.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert events.crc32c(bytes(range(32))) == 0x46DD794E
-    assert events.crc32c(b"123456789") != zlib.crc32(b"123456789")  # not the IEEE CRC-32
+    assert tfrecord.crc32c(b"123456789") == 0xE3069283
+    assert tfrecord.crc32c(bytes(32)) == 0x8A9136AA
+    assert tfrecord.crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert tfrecord.crc32c(bytes(range(32))) == 0x46DD794E
+    assert tfrecord.crc32c(b"123456789") != zlib.crc32(b"123456789")  # not the IEEE CRC-32
 
 
 @settings(max_examples=25, deadline=None)
@@ -29,9 +30,17 @@ def test_records_are_read_back_by_tensorflow(data):
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "records")
         with open(path, "wb") as f:
-            f.write(events.record(data) + events.record(data[::-1]))
+            f.write(tfrecord.record(data) + tfrecord.record(data[::-1]))
         # TFRecordDataset checks both CRCs of every record and fails on a mismatch.
         assert list(tf.data.TFRecordDataset(path).as_numpy_iterator()) == [data, data[::-1]]
+        with tf.io.TFRecordWriter(path + ".tf") as writer:  # and the index finds TensorFlow's records
+            writer.write(data)
+            writer.write(data[::-1])
+        for written in (path, path + ".tf"):
+            offsets, lengths = tfrecord.record_offsets(written)
+            with open(written, "rb") as f:
+                contents = f.read()
+            assert [contents[o:o + n] for o, n in zip(offsets, lengths)] == [data, data[::-1]]
 
 
 def test_metric_writer_scalars_reach_tensorboard_as_tensorflow_reads_them(tmp_path):

@@ -183,12 +183,16 @@ def test_prefetch_sends_uint8_and_gives_the_hosts_float32():
 
 
 def test_a_truncated_tfrecord_file_is_a_clear_error(tmp_path):
-    from cnn_jax.data import tfds_source
+    from cnn_jax import tfrecord
 
     path = tmp_path / "cut.tfrecord"
-    path.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00\x00")
+    path.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00\x00")  # cut inside the header
     with pytest.raises(ValueError, match="cut short at byte 0"):
-        tfds_source._tfrecord_offsets(str(path))
+        tfrecord.record_offsets(str(path))
+    whole = tfrecord.record(b"first")
+    path.write_bytes(whole + tfrecord.record(b"second")[:-1])  # cut inside the second record's data
+    with pytest.raises(ValueError, match=f"cut short at byte {len(whole)}"):
+        tfrecord.record_offsets(str(path))
 
 
 class _Interrupted:
@@ -293,13 +297,14 @@ def _read_without_tensorflow(monkeypatch, name, data_dir):
 
 
 def test_a_dataset_read_once_is_read_again_from_the_cache_without_tensorflow(tmp_path, monkeypatch):
+    from cnn_jax.caches import CACHE_ENV
     from cnn_jax.data import tfds_source
 
-    monkeypatch.setenv(tfds_source.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     data_dir = write_tfds(str(tmp_path / "tfds"))
     first = tfds_source.read_tfds("mnist", data_dir)
-    (cached,) = os.listdir(tmp_path / "cache" / "input")
-    assert cached.startswith("tfds-mnist-") and cached.endswith(".npz")
+    cached, checksum = sorted(os.listdir(tmp_path / "cache" / "input"))
+    assert cached.startswith("tfds-mnist-") and cached.endswith(".npz") and checksum == cached + ".sha256"
     again = _read_without_tensorflow(monkeypatch, "mnist", data_dir)
     assert again.class_names == first.class_names and again.splits.keys() == first.splits.keys()
     for split, (images, labels) in first.splits.items():
@@ -309,21 +314,22 @@ def test_a_dataset_read_once_is_read_again_from_the_cache_without_tensorflow(tmp
 
 
 def test_a_corrupt_or_stale_cache_is_decoded_again_and_rewritten(tmp_path, monkeypatch, caplog):
+    from cnn_jax.caches import CACHE_ENV
     from cnn_jax.data import tfds_source
 
-    monkeypatch.setenv(tfds_source.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     data_dir = write_tfds(str(tmp_path / "tfds"))
     first = tfds_source.read_tfds("mnist", data_dir)
-    (cached,) = (tmp_path / "cache" / "input").iterdir()
+    (cached,) = (tmp_path / "cache" / "input").glob("*.npz")
     cached.write_bytes(cached.read_bytes()[:1000])  # cut short, as by a full disk
     with caplog.at_level(logging.WARNING):
         again = tfds_source.read_tfds("mnist", data_dir)
-    assert "ignoring the unreadable dataset cache" in caplog.text
+    assert f"ignoring the cache {cached}: its SHA-256 differs" in caplog.text
     np.testing.assert_array_equal(again.splits["train"][0], first.splits["train"][0])
     _read_without_tensorflow(monkeypatch, "mnist", data_dir)  # rewritten whole
 
     monkeypatch.undo()
-    monkeypatch.setenv(tfds_source.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     write_tfds(data_dir, shard_lengths=(30, 11))  # the dataset changed: other files, another key
     changed = tfds_source.read_tfds("mnist", data_dir)
-    assert len(changed.splits["train"][1]) == 41 and len(list((tmp_path / "cache" / "input").iterdir())) == 2
+    assert len(changed.splits["train"][1]) == 41 and len(list((tmp_path / "cache" / "input").glob("*.npz"))) == 2

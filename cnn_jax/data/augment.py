@@ -6,7 +6,6 @@ round trip. Images are NHWC floats in [0, 1] and keep their shape and range.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from typing import Callable, Optional, Sequence
 
@@ -243,7 +242,10 @@ def policy_magnitudes(policy: str, num_bins: int, height: int, width: int) -> di
     as torchvision's RandAugment ("randaugment") and TrivialAugmentWide ("trivialaugment")."""
     wide = policy == "trivialaugment"
     bins = jnp.arange(num_bins, dtype=jnp.float32)
-    up = lambda top: jnp.linspace(0.0, top, num_bins)
+
+    def up(top):
+        return jnp.linspace(0.0, top, num_bins)
+
     enhance = up(0.99 if wide else 0.9)
     return {
         "identity": jnp.zeros(num_bins),

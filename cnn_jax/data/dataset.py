@@ -33,8 +33,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from cnn_jax.data import image_folder, streaming, tfds_source
+from cnn_jax.data.image_files import check_image_size
 from cnn_jax.settings import bookkeeping
-from cnn_jax.settings import bookkeeping
+from cnn_jax.tf_images import import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,9 @@ class DataConfig:
             object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
             if max(self.image_size) > MAX_IMAGE_SIDE:
                 gib = self.batch_size * self.image_size[0] * self.image_size[1] * 3 * 4 / 2**30
-                raise ValueError(f"DataConfig.image_size={self.image_size} is too large: one batch of {self.batch_size} "
-                                 f"such images takes {gib:,.0f} GiB as float32; use at most {MAX_IMAGE_SIDE} pixels "
-                                 "a side (ImageNet models take 224)")
+                raise ValueError(f"DataConfig.image_size={self.image_size} is too large: one batch of "
+                                 f"{self.batch_size} such images takes {gib:,.0f} GiB as float32; use at most "
+                                 f"{MAX_IMAGE_SIDE} pixels a side (ImageNet models take 224)")
         if self.seed < 0:
             raise ValueError(f"DataConfig.seed must be >= 0, got {self.seed}")
         if self.resolved_input not in INPUT_MODES:
@@ -377,7 +378,7 @@ def load(config: DataConfig) -> Dataset:
     test_split = next((split for split in ("test", "validation") if split in splits), None)
     examples = sum(splits[split].num_examples for split in splits)
     if _streams(config, examples, image_shape, f"tfds {config.dataset}"):
-        tf = tfds_source.import_tensorflow()
+        tf = import_tensorflow()
         pools = {"train": tfds_source.TfdsRecords(tf, builder, "train")}
         if test_split is not None:
             pools["test"] = tfds_source.TfdsRecords(tf, builder, test_split)
@@ -390,7 +391,7 @@ def load(config: DataConfig) -> Dataset:
 
 
 def _load_folder(config: DataConfig, channels: int = 3) -> Dataset:
-    size = image_folder._check_size(config.image_size, f"image folder {config.dataset}")
+    size = check_image_size(config.image_size, f"image folder {config.dataset}")
     root, _, paths, _ = image_folder.list_image_folder(config.dataset)
     if not _streams(config, len(paths), (*size, channels), f"image folder {root}"):
         folder = image_folder.read_image_folder(config.dataset, size, channels)

@@ -1,39 +1,31 @@
-"""Image files as classification data: a folder with one subfolder per class, or single files for inference.
+"""A folder of image files as classification data: one subfolder per class.
 
 The layout is torchvision's ``ImageFolder`` and Keras' ``image_dataset_from_directory``: ``root/<class>/<file>``,
 class names are the subfolder names in sorted order, and every file below a class folder (at any depth) is an
 example of that class. Names starting with "." (``.DS_Store``, ``.ipynb_checkpoints``) are not data and are
-passed over. Files are decoded by TensorFlow (JPEG, PNG, GIF (first frame), BMP, WebP) and resized exactly as the
-tfds reader resizes: the aspect ratio kept, scaled to cover the size, the centre cropped. A file that does not
-decode (corrupt, truncated, not an image) is skipped and counted, never fatal.
+passed over. Each file is checked from its header (``image_files.check_image_file``: a decompression bomb or a file
+Pillow cannot read is refused before anything decodes it), then decoded by TensorFlow (JPEG, PNG, GIF (first
+frame), BMP, WebP) and resized exactly as the tfds reader resizes: the aspect ratio kept, scaled to cover the
+size, the centre cropped. A file refused or that does not decode (corrupt, truncated, not an image) is skipped
+and counted, never fatal.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import re
-from typing import Optional, Sequence
 
 import numpy as np
 
-from cnn_jax.data import tfds_source
-from cnn_jax.files import files_key, write_atomically
+from cnn_jax.data import decode_cache
+from cnn_jax.data.image_files import FORMATS, check_image_size, decode_file, image_problem, tf_paths
+from cnn_jax.files import files_key
+from cnn_jax.tf_images import import_tensorflow
 
 log = logging.getLogger(__name__)
 
-FORMATS = "JPEG, PNG, GIF, BMP or WebP"
 _DECODE_BATCH = 256
 _SHOWN_SKIPPED = 3  # skipped files named in the log line
-_TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*", re.DOTALL)  # op names around TF's error message
-
-
-class UnreadableImageError(ValueError):
-    """A file is missing, unreadable or not an image TensorFlow can decode; ``reason`` says which."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,31 +50,6 @@ def _check_utf8(name: str, root: str) -> str:
     return name
 
 
-def tf_paths(paths) -> np.ndarray:
-    """File paths as the bytes the OS names them by, so that TensorFlow opens names that are not UTF-8 too."""
-    return np.asarray([os.fsencode(p) for p in paths], dtype=object)
-
-
-MAX_PIXELS = 64 << 20  # 64 MPixel (8192x8192): a larger image is refused before decoding, as a decompression bomb
-
-
-def _pixel_problem(path: str) -> Optional[str]:
-    """Why ``path`` must not be decoded (its header claims more than MAX_PIXELS), or None.
-
-    Reads only the header (Pillow opens lazily): a few KB of PNG can claim gigapixels of zeros.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 -- not for Pillow to judge: TensorFlow's decode reports unreadable files
-        return None
-    if width * height > MAX_PIXELS:
-        return f"its header claims {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)"
-    return None
-
-
 def _class_files(root: str) -> tuple[tuple[str, ...], list[str], list[int]]:
     """Class names, and every file path below the class folders with its class index, in a fixed order."""
     class_names = tuple(_check_utf8(name, root) for name in _visible(os.listdir(root))
@@ -101,18 +68,6 @@ def _class_files(root: str) -> tuple[tuple[str, ...], list[str], list[int]]:
     return class_names, paths, labels
 
 
-def _decode(tf, contents, image_size: tuple[int, int], channels: int):
-    image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
-    return tfds_source.cover_and_center_crop(tf, image, image_size)  # the same resize as tfds data
-
-
-def _check_size(image_size, where: str) -> tuple[int, int]:
-    if image_size is None:
-        raise ValueError(f"{where} holds images of any size: set image_size=(height, width) to resize them "
-                         "(experiments: --image_size)")
-    return tuple(int(s) for s in image_size)
-
-
 def list_image_folder(root: str) -> tuple[str, tuple[str, ...], list[str], list[int]]:
     """The expanded root, class names, and every file below the class folders with its class index (fixed order).
 
@@ -127,17 +82,27 @@ def list_image_folder(root: str) -> tuple[str, tuple[str, ...], list[str], list[
     return root, class_names, paths, labels
 
 
+def _checked(paths) -> list[int]:
+    """The indices of the files ``check_image_file`` passes; the others are logged with their reasons."""
+    problems = {i: problem for i, problem in enumerate(map(image_problem, paths)) if problem}
+    if problems:
+        log.warning("refused %d files before decoding them: %s", len(problems), "; ".join(
+            f"{paths[i]}: {problem}" for i, problem in list(problems.items())[:_SHOWN_SKIPPED]))
+    return [i for i in range(len(paths)) if i not in problems]
+
+
 def _decoded_in_order(paths, image_size, channels, keep_pixels: bool):
-    """tf.data's parallel decode of ``paths`` (failures dropped), batched: (images or sizes, indices) chunks."""
-    tf, _ = tfds_source.import_tfds()  # TF kept off the GPU, as for tfds data
-
-    def decode(path, index):
-        image = _decode(tf, tf.io.read_file(path), image_size, channels)
-        return (image if keep_pixels else tf.reduce_max(image)), index  # a value that needs the decode
-
-    within = [i for i, path in enumerate(paths) if _pixel_problem(path) is None]  # bombs count as unreadable
+    """tf.data's parallel decode of the ``paths`` that pass the check (failures dropped), batched: (images or
+    sizes, indices) chunks."""
+    within = _checked(paths)
     if not within:
         return iter(())
+    tf = import_tensorflow()
+
+    def decode(path, index):
+        image = decode_file(tf, path, image_size, channels)
+        return (image if keep_pixels else tf.reduce_max(image)), index  # a value that needs the decode
+
     files = tf.data.Dataset.from_tensor_slices((tf_paths([paths[i] for i in within]), np.asarray(within, np.int64)))
     decoded = files.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
     return decoded.batch(_DECODE_BATCH).as_numpy_iterator()
@@ -166,7 +131,7 @@ def read_image_folder(root: str, image_size: tuple[int, int], channels: int = 3)
     listed in ``ImageFolder.skipped``. Raises ValueError when ``root`` is not a folder, has fewer than two class
     subfolders, or holds no readable image.
     """
-    image_size = _check_size(image_size, f"image folder {root}")
+    image_size = check_image_size(image_size, f"image folder {root}")
     root, class_names, paths, labels = list_image_folder(root)
     chunks = list(_decoded_in_order(paths, image_size, channels, keep_pixels=True))
     images, read = (np.concatenate(column) for column in zip(*chunks)) if chunks else (None, np.zeros(0, int))
@@ -174,50 +139,23 @@ def read_image_folder(root: str, image_size: tuple[int, int], channels: int = 3)
     return ImageFolder(class_names, images, labels, skipped)
 
 
-def scan_image_folder(root: str, image_size: tuple[int, int], channels: int = 3, cache_dir: Optional[str] = None):
+def scan_image_folder(root: str, image_size: tuple[int, int], channels: int = 3):
     """Which files of ``root`` decode, without keeping any pixels: (class names, readable paths, their labels,
     skipped paths), the same files and labels ``read_image_folder`` keeps.
 
-    Every file is decoded and resized once (tf.data, in parallel); the outcome is cached in ``cache_dir`` (default
-    ``tfds_source.input_cache_dir()``, ``~/.cache/cnn_jax/input``) under a key of every path, size and modification time, so a resumed run skips it.
+    Every file is checked, decoded and resized once (tf.data, in parallel); the outcome is cached
+    (``decode_cache``) under a key of every path, size and modification time, so a resumed run skips it.
     """
     root, class_names, paths, labels = list_image_folder(root)
-    image_size = _check_size(image_size, f"image folder {root}")
-    key = files_key(paths, image_size, channels)
-    cache = os.path.join(cache_dir or tfds_source.input_cache_dir(), f"folder-{key}.npy")
-    try:
-        read = np.load(cache)
-        log.info("readable files of %s from the cache %s", root, cache)
-    except (OSError, ValueError):
+    image_size = check_image_size(image_size, f"image folder {root}")
+    cache = decode_cache.cache_path(f"folder-{files_key(paths, decode_cache.FORMAT, image_size, channels)}.npy")
+    read = decode_cache.load_indices(cache, len(paths))
+    if read is None:
         chunks = [index for _, index in _decoded_in_order(paths, image_size, channels, keep_pixels=False)]
         read = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
-        try:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            write_atomically(cache, lambda f: np.save(f, read))
-            log.info("checked that the %d files of %s decode; cached in %s", len(paths), root, cache)
-        except OSError as error:
-            log.info("checked that the %d files of %s decode (not cached: %s)", len(paths), root, error)
+        decode_cache.save_indices(cache, read)
+        log.info("checked that the %d files of %s decode", len(paths), root)
+    else:
+        log.info("readable files of %s from the cache %s", root, cache)
     skipped, labels = _report_skipped(root, class_names, paths, labels, read)
     return class_names, [paths[i] for i in read], labels, skipped
-
-
-def decode_file(tf, path, image_size: tuple[int, int], channels: int = 3):
-    """The TF ops that read and decode one file as ``read_image_folder`` does (for tf.data pipelines)."""
-    return _decode(tf, tf.io.read_file(path), image_size, channels)
-
-
-def read_image(path: str, image_size: Sequence[int], channels: int = 3) -> np.ndarray:
-    """One image file as uint8 (H, W, ``channels``), resized as ``read_image_folder`` resizes.
-
-    Raises UnreadableImageError naming the file and the reason when it is missing or does not decode.
-    """
-    tf, _ = tfds_source.import_tfds()
-    image_size = _check_size(image_size, "read_image")
-    problem = _pixel_problem(path)
-    if problem:
-        raise UnreadableImageError(path, problem)
-    try:
-        return _decode(tf, tf.io.read_file(os.fsencode(path)), image_size, channels).numpy()
-    except (tf.errors.OpError, ValueError) as error:
-        reason = _TF_NOISE.sub("", getattr(error, "message", str(error))).strip()
-        raise UnreadableImageError(path, f"not a readable {FORMATS} image ({reason})") from None

@@ -21,8 +21,9 @@ def prefetch_to_device(batches: Iterator[dict], size: int = 2,
     ``sharding`` (e.g. ``NamedSharding(mesh, P("data"))``) places every array of a batch: each batch holds this
     process's rows (all of them in a single-process run) and becomes a global array of
     ``jax.process_count()`` times as many rows, along the dimension the sharding splits (the first, or the
-    second of a stack of batches under ``P(None, "data")``); None puts them on the default device. uint8 ``"image"`` arrays
-    arrive as float32 in [0, 1]. Transfers are asynchronous, so queued copies run while the caller computes.
+    second of a stack of batches under ``P(None, "data")``); None puts them on the default device. uint8
+    ``"image"`` arrays arrive as float32 in [0, 1]. Transfers are asynchronous, so queued copies run while the
+    caller computes.
     """
     if size < 1:
         raise ValueError(f"prefetch size must be >= 1, got {size}")

@@ -15,7 +15,9 @@ from typing import Iterator
 
 import numpy as np
 
-from cnn_jax.data import image_folder, tfds_source
+from cnn_jax.data import tfds_source
+from cnn_jax.data.image_files import decode_file, tf_paths
+from cnn_jax.tf_images import import_tensorflow
 
 PREFETCH_BATCHES = 2
 READ_BYTES = 4 << 20  # serialized records read per call into Python (at least one batch): few calls an epoch
@@ -55,10 +57,10 @@ class FolderSource:
             raise KeyError(f"an image folder has one pool of examples, 'train'; got {pool!r}")
         if not len(rows):
             return iter(())
-        tf, _ = tfds_source.import_tfds()
-        files = tf.data.Dataset.from_tensor_slices((image_folder.tf_paths(self._paths[rows]), self._labels[rows]))
+        tf = import_tensorflow()
+        files = tf.data.Dataset.from_tensor_slices((tf_paths(self._paths[rows]), self._labels[rows]))
         return _numpy_batches(tf, files, lambda path, label: (
-            image_folder.decode_file(tf, path, self._image_size, self._channels), label), size)
+            decode_file(tf, path, self._image_size, self._channels), label), size)
 
     def labels(self, pool: str, rows: np.ndarray) -> np.ndarray:
         return self._labels[rows]

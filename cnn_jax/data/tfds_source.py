@@ -1,8 +1,9 @@
-"""Reads a tensorflow-datasets image classification dataset into uint8 numpy arrays.
+"""Reads a tensorflow-datasets image classification dataset: whole into uint8 numpy arrays (``read_tfds``), or
+record by record for streaming (``TfdsRecords``, ``decode_record``).
 
 TensorFlow is imported only to decode: ``import cnn_jax.data`` stays cheap for code that needs only augmentation
-or batching, and a dataset read once is kept decoded in a cache (``read_tfds``), so reading it again needs neither
-TensorFlow (seconds to import) nor decoding.
+or batching, and a dataset read once is kept decoded in the input cache (``decode_cache``), so reading it again
+needs neither TensorFlow (seconds to import) nor decoding.
 """
 from __future__ import annotations
 
@@ -11,27 +12,20 @@ import logging
 import os
 import socket
 import urllib.parse
-import zipfile
 from typing import Optional
 
 import numpy as np
 
-from cnn_jax.files import files_key, write_atomically
+from cnn_jax.data import decode_cache
+from cnn_jax.files import files_key
+from cnn_jax.tf_images import cover_and_center_crop, import_tensorflow
+from cnn_jax.tfrecord import record_offsets
 
 log = logging.getLogger(__name__)
 
 TESTED_DATASETS = ("mnist", "cifar10", "tf_flowers")
 _READ_CHUNK = 4096
 _CONNECT_TIMEOUT_S = 5.0
-CACHE_ENV = "CNN_JAX_CACHE_DIR"  # the root of every cnn_jax input cache; default ~/.cache/cnn_jax
-_CACHE_FORMAT = 1  # bump when what a cache file holds changes
-
-
-def input_cache_dir() -> str:
-    """Where decoded datasets and image-folder scans are cached: ``$CNN_JAX_CACHE_DIR/input``, by default
-    ``~/.cache/cnn_jax/input``."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax")
-    return os.path.join(root, "input")
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -43,21 +37,6 @@ class TfdsArrays:
     """What a tfds dataset holds, decoded: class names and (images, labels) per tfds split."""
     class_names: tuple[str, ...]
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def import_tensorflow():
-    """TensorFlow, kept off the GPU (it is only a reader here; JAX owns the devices)."""
-    import tensorflow as tf
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF was initialised earlier by the caller; its devices are its business.
-        pass
-    return tf
-
-
-def import_tfds():
-    import tensorflow_datasets as tfds
-    return import_tensorflow(), tfds
 
 
 def _check_reachable(urls, timeout_s: float = _CONNECT_TIMEOUT_S):
@@ -115,16 +94,6 @@ def _check_features(builder, name: str, image_size) -> tuple[str, ...]:
     return tuple(label.names)
 
 
-def cover_and_center_crop(tf, image, size):
-    """Keeps the aspect ratio: scales the image to cover ``size``, then crops the centre."""
-    h, w = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
-    scale = tf.maximum(size[0] / h, size[1] / w)
-    covering = tf.cast(tf.math.ceil(tf.stack([h * scale, w * scale])), tf.int32)
-    resized = tf.image.resize(image, covering, method="bilinear", antialias=True)
-    cropped = tf.image.resize_with_crop_or_pad(resized, size[0], size[1])
-    return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
-
-
 def _read_split(tf, tfds, builder, split: str, image_size):
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     if image_size is not None:
@@ -144,23 +113,25 @@ def read_tfds(name: str, data_dir: Optional[str] = None,
     images vary in size, such as tf_flowers. ``data_dir=None`` is tfds's default, which honours
     ``TFDS_DATA_DIR``.
 
-    The decoded arrays are cached in ``input_cache_dir()`` under a key of the dataset's files (path, size and
+    The decoded arrays are cached (``decode_cache``) under a key of the dataset's files (path, size and
     modification time of each), the image size and the cache format, and read from there while the key holds: the
-    arrays are the same, and TensorFlow is not imported. A cache file that cannot be read or does not match the
-    dataset is ignored and rewritten; one that cannot be written is skipped (logged).
+    arrays are the same, and TensorFlow is not imported. A cache file that is damaged, unverified or does not match
+    the dataset is a miss: decoded again and rewritten.
     """
     import tensorflow_datasets as tfds
 
     builder = _builder(tfds, name, data_dir)
     class_names = _check_features(builder, name, image_size)
     cache = _cache_path(builder, image_size)
-    arrays = _read_cache(cache, builder, class_names)
-    if arrays is None:
+    counts = {split: builder.info.splits[split].num_examples for split in builder.info.splits}
+    splits = decode_cache.load_arrays(cache, class_names, counts)
+    if splits is None:
         tf = import_tensorflow()
-        arrays = TfdsArrays(class_names, {split: _read_split(tf, tfds, builder, split, image_size)
-                                          for split in builder.info.splits})
-        _write_cache(cache, arrays)
-    return arrays
+        splits = {split: _read_split(tf, tfds, builder, split, image_size) for split in builder.info.splits}
+        decode_cache.save_arrays(cache, class_names, splits)
+    else:
+        log.info("decoded %s from the cache %s", builder.info.name, cache)
+    return TfdsArrays(class_names, splits)
 
 
 def _cache_path(builder, image_size) -> str:
@@ -168,64 +139,9 @@ def _cache_path(builder, image_size) -> str:
     instructions = [(split, instruction) for split in sorted(builder.info.splits)
                     for instruction in builder.info.splits[split].file_instructions]
     key = files_key([os.fspath(instruction.filename) for _, instruction in instructions],
-                    _CACHE_FORMAT, builder.info.full_name, image_size,
+                    decode_cache.FORMAT, builder.info.full_name, image_size,
                     [(split, instruction.skip, instruction.take) for split, instruction in instructions])
-    return os.path.join(input_cache_dir(), f"tfds-{builder.info.name}-{key}.npz")
-
-
-def _read_cache(path: str, builder, class_names: tuple[str, ...]) -> Optional[TfdsArrays]:
-    """The arrays cached at ``path`` if they are there, readable and of this dataset's classes and splits."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as cached:
-            splits = {split: (cached[f"{split}/images"], cached[f"{split}/labels"]) for split in builder.info.splits}
-            cached_names = tuple(str(n) for n in cached["class_names"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        log.warning("ignoring the unreadable dataset cache %s (%s: %s); decoding the dataset again", path,
-                    type(error).__name__, error)
-        return None
-    counts = {split: builder.info.splits[split].num_examples for split in builder.info.splits}
-    if cached_names != class_names or any(
-            images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int32
-            or len(images) != counts[split] or len(labels) != counts[split] for split, (images, labels) in splits.items()):
-        log.warning("ignoring the dataset cache %s: it does not match the dataset; decoding it again", path)
-        return None
-    log.info("decoded %s from the cache %s", builder.info.name, path)
-    return TfdsArrays(class_names, splits)
-
-
-def _write_cache(path: str, arrays: TfdsArrays) -> None:
-    """Writes the arrays to ``path`` atomically, so readers never see half a file; a failed write is only logged."""
-    contents = {"class_names": np.asarray(arrays.class_names, str)}
-    for split, (images, labels) in arrays.splits.items():
-        contents.update({f"{split}/images": images, f"{split}/labels": labels})
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomically(path, lambda f: np.savez(f, **contents))
-    except OSError as error:
-        log.info("the decoded dataset was not cached (%s)", error)
-        return
-    log.info("cached the decoded dataset in %s", path)
-
-
-_TFRECORD_HEADER = 12  # uint64 length, uint32 masked CRC of the length; the data's CRC (4 bytes) follows the data
-
-
-def _tfrecord_offsets(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offset, length) of every record's data in TFRecord file ``path``, found by reading only the headers."""
-    offsets, lengths = [], []
-    with open(path, "rb") as file:
-        size, position = os.fstat(file.fileno()).st_size, 0
-        while position < size:
-            header = os.pread(file.fileno(), _TFRECORD_HEADER, position)
-            if len(header) < _TFRECORD_HEADER:
-                raise ValueError(f"{path} is cut short at byte {position}: not a complete TFRecord file")
-            length = int.from_bytes(header[:8], "little")
-            offsets.append(position + _TFRECORD_HEADER)
-            lengths.append(length)
-            position += _TFRECORD_HEADER + length + 4
-    return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
+    return decode_cache.cache_path(f"tfds-{builder.info.name}-{key}.npz")
 
 
 def _stored_order(tf, instructions, disable_shuffling: bool) -> np.ndarray:
@@ -255,7 +171,7 @@ class TfdsRecords:
         instructions = builder.info.splits[split].file_instructions
         self._paths = [os.fspath(i.filename) for i in instructions]
         order = _stored_order(tf, instructions, bool(builder.info.disable_shuffling))
-        index = [_tfrecord_offsets(path) for path in self._paths]
+        index = [record_offsets(path) for path in self._paths]
         first = np.cumsum([0] + [len(offsets) for offsets, _ in index])[:-1]  # each file's first record
         flat = first[order[:, 0]] + order[:, 1]
         self._file = order[:, 0].astype(np.int32)

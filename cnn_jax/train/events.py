@@ -1,9 +1,9 @@
 """TensorBoard scalars written without TensorFlow: importing it costs seconds that a short run should not pay.
 
-An event file is a TFRecord file of ``Event`` protocol buffers: each record is its length (uint64), the masked
-CRC-32C of the length, the data and the data's masked CRC-32C. The few messages needed are encoded here by hand
-(field numbers from TensorFlow's ``event.proto`` and ``summary.proto``): a first event with the file version, then
-one event per step whose summary holds ``simple_value`` scalars, which TensorBoard reads as its scalars plugin's.
+An event file is a TFRecord file (``cnn_jax.tfrecord``) of ``Event`` protocol buffers. The few messages needed
+are encoded here by hand (field numbers from TensorFlow's ``event.proto`` and ``summary.proto``): a first event
+with the file version, then one event per step whose summary holds ``simple_value`` scalars, which TensorBoard
+reads as its scalars plugin's.
 """
 from __future__ import annotations
 
@@ -12,34 +12,9 @@ import socket
 import struct
 import time
 
+from cnn_jax.tfrecord import record
+
 FILE_VERSION = b"brain.Event:2"
-
-
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), the checksum of TFRecord files."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC: rotated right by 15 bits plus a constant, so a CRC of CRCs stays informative."""
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _varint(value: int) -> bytes:
@@ -73,12 +48,6 @@ def _scalars(scalars: dict) -> bytes:
     """A Summary: one Value (1) per scalar, with its tag (1, string) and simple_value (2, float)."""
     return b"".join(_bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5) + struct.pack("<f", value))
                     for tag, value in scalars.items())
-
-
-def record(data: bytes) -> bytes:
-    """``data`` framed as one TFRecord."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 class EventFileWriter:
