@@ -5,6 +5,13 @@ decorrelated space, a Fourier spectrum scaled by 1 / frequency (and, for RGB, co
 ImageNet's colour covariance) squashed by a sigmoid, so plain Adam steps make natural-looking images; every step
 sees the image randomly jittered, scaled and rotated, so only features robust to those survive; optional L2 and
 total-variation penalties pull towards gray, smooth images.
+
+The start, a near-gray image, can leave every unit of a layer off: on a trained MNIST model every first-stage
+ReLU is negative on gray, so the plain gradient is exactly zero and the image never moves. As Lucid does, the
+first ``redirect_steps`` steps run the model with *redirected* ReLUs (Lucid's ``redirected_relu_grad``): where a
+ReLU layer passes no gradient at all for an image, its backward pass lets through every gradient that would raise
+an inactive unit, so the optimization walks out of the dead region; afterwards, and wherever some unit of the layer
+is on, the gradient is the plain one. The forward pass is never changed.
 """
 from __future__ import annotations
 
@@ -16,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cnn_jax.interpret.core import Array
+from cnn_jax.interpret import rewrite
+from cnn_jax.interpret.core import Array, trace
 from cnn_jax.interpret.taps import tap
 
 KINDS = ("channel", "neuron", "logit")
@@ -26,6 +34,7 @@ _COLOR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0
 COLOR_CORRELATION = _COLOR_SQRT / np.max(np.linalg.norm(_COLOR_SQRT, axis=0))
 _SPECTRUM_INIT_STD = 0.01  # Lucid's initial spectrum scale
 _SPECTRUM_GAIN = 1 / 4  # Lucid's "magic" divisor, keeps the start near gray
+REDIRECT_STEPS = 16  # Lucid's: its redirected ReLU gradients stop after global step 16
 
 
 class Objective(NamedTuple):
@@ -110,6 +119,43 @@ def _init_params(rng, batch: int, image_shape, decorrelate: bool) -> Array:
     return _SPECTRUM_INIT_STD * jax.random.normal(rng, shape, jnp.float32)
 
 
+def _redirected(activation, low: float, high: float):
+    """``activation(x)`` (a ReLU clipping to [low, high]) whose backward pass, while ``redirect`` is true and the
+    plain gradient of an image is zero everywhere in the layer, passes the loss gradient ``g`` except where it would
+    push a unit further out of range (below ``low`` with g > 0, above ``high`` with g < 0: descent moves by -g)."""
+    @jax.custom_vjp
+    def redirected(x, redirect):
+        return activation(x)
+
+    def forward(x, redirect):
+        return activation(x), (x, redirect)
+
+    def backward(residual, g):
+        x, redirect = residual
+        plain = jnp.where((x > low) & (x < high), g, 0)
+        outward = ((x <= low) & (g > 0)) | ((x >= high) & (g < 0))
+        passing = jnp.where(outward, 0, g)
+        per_image = plain.reshape(plain.shape[0], -1) if plain.ndim > 1 else plain.reshape(1, -1)
+        dead = jnp.all(per_image == 0, axis=1).reshape((-1,) + (1,) * max(plain.ndim - 1, 0))
+        return jnp.where((redirect > 0) & dead, passing, plain), jnp.zeros_like(redirect)
+
+    redirected.defvjp(forward, backward)
+    return redirected
+
+
+_REDIRECTED = {"relu": _redirected(jax.nn.relu, 0.0, jnp.inf), "relu6": _redirected(jax.nn.relu6, 0.0, 6.0)}
+
+
+def with_redirected_relus(f, redirect: Array):
+    """``f`` (images -> values) with every ``jax.nn.relu`` and ``jax.nn.relu6`` call redirected while ``redirect``
+    (a float scalar) is positive: the same values, gradients that leave dead ReLU layers."""
+    def redirected_f(images: Array) -> Array:
+        closed = trace(f, images)
+        replace = {name: (lambda x, relu=relu: relu(x, redirect)) for name, relu in _REDIRECTED.items()}
+        return rewrite.evaluate(closed, [images], replace=replace)[0]
+    return redirected_f
+
+
 def random_transform(rng, images: Array, jitter: float, scale: Tuple[float, float], degrees: float) -> Array:
     """Each image shifted by up to ``jitter`` pixels, scaled by a factor in ``scale`` and rotated by up to
     ``degrees`` about its centre: one bilinear resampling (edges reflected)."""
@@ -150,36 +196,44 @@ def activation_maximization(model: nn.Module, variables: Mapping, objective: Obj
                             image_shape: Tuple[int, int, int], rng: jax.Array, *, steps: int = 256,
                             learning_rate: float = 0.05, decorrelate: bool = True, decay: float = 1.0,
                             jitter: Optional[float] = None, scale: Tuple[float, float] = (0.9, 1.1),
-                            degrees: float = 10.0, l2: float = 0.0, tv: float = 0.0) -> Visualization:
+                            degrees: float = 10.0, l2: float = 0.0, tv: float = 0.0,
+                            redirect_steps: int = REDIRECT_STEPS) -> Visualization:
     """Optimizes one image per objective index with Adam to maximize
     ``objective - l2 * mean((x - 0.5)^2) - tv * total_variation(x)`` under random transforms.
 
     ``image_shape`` is (H, W, C) the model accepts. ``decorrelate`` selects the Fourier/colour parameterization
     (else plain sigmoid pixels); ``decay`` is its 1 / frequency exponent. ``jitter`` is in pixels (default: a
-    sixteenth of the smaller side); ``jitter=0, scale=(1, 1), degrees=0`` turns the transforms off. Jittable with
-    the model, objective and shapes static.
+    sixteenth of the smaller side); ``jitter=0, scale=(1, 1), degrees=0`` turns the transforms off. The first
+    ``redirect_steps`` steps use redirected ReLU gradients (see the module's docstring; 0 turns them off). Jittable
+    with the model, objective and shapes static.
     """
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if redirect_steps < 0:
+        raise ValueError(f"redirect_steps must be 0 (plain gradients) or more, got {redirect_steps}")
     height, width, _ = image_shape
     jitter = max(1.0, min(height, width) / 16) if jitter is None else jitter
     init_key, steps_key = jax.random.split(rng)
     params = _init_params(init_key, len(objective.indices), image_shape, decorrelate)
     optimizer = optax.adam(learning_rate)
 
-    def loss(params, key):
+    def loss(params, key, redirect):
         images = _to_image(params, image_shape, decorrelate, decay)
-        values = objective_values(model, variables, objective, random_transform(key, images, jitter, scale, degrees))
+        score = with_redirected_relus(lambda x: objective_values(model, variables, objective, x), redirect)
+        values = score(random_transform(key, images, jitter, scale, degrees))
         penalty = l2 * ((images - 0.5) ** 2).mean(axis=(1, 2, 3)) + tv * total_variation(images)
         return (penalty - values).sum(), values
 
-    def step(carry, key):
+    def step(carry, inputs):
         params, state = carry
-        gradient, values = jax.grad(loss, has_aux=True)(params, key)
+        key, index = inputs
+        redirect = (index < redirect_steps).astype(jnp.float32)
+        gradient, values = jax.grad(loss, has_aux=True)(params, key, redirect)
         updates, state = optimizer.update(gradient, state, params)
         return (optax.apply_updates(params, updates), state), values
 
-    (params, _), history = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(steps_key, steps))
+    inputs = (jax.random.split(steps_key, steps), jnp.arange(steps))
+    (params, _), history = jax.lax.scan(step, (params, optimizer.init(params)), inputs)
     return Visualization(_to_image(params, image_shape, decorrelate, decay), history)

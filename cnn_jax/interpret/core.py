@@ -11,7 +11,9 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jcore
 
+from cnn_jax import ops
 from cnn_jax.ops.checks import check_images
 
 Array = jnp.ndarray
@@ -49,3 +51,10 @@ def map_over(fn: Callable, xs: Array, batch_size: Optional[int]) -> Array:
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int or None (all at once), got {batch_size}")
     return jax.lax.map(fn, xs, batch_size=batch_size)
+
+
+def trace(f: Callable, *args) -> jcore.ClosedJaxpr:
+    """``jax.make_jaxpr(f)(*args)`` in the kernel mode that shows each module's output and every ReLU call, for
+    the methods that rerun a model with changes (``rewrite.evaluate``)."""
+    with ops.kernels("separate"):
+        return jax.make_jaxpr(f)(*args)
