@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from matplotlib.figure import Figure
 
@@ -24,7 +24,7 @@ RECORD_KEYS = ("framework", "model", "mode", "dtype", "batch_size", "images_per_
 def beside(out: str, suffix: str) -> str:
     """A file beside the records at `out`: `<out minus .json><suffix>` (".meta.json" for their metadata, ".png"
     for their figure)."""
-    return (out[:-len(".json")] if out.endswith(".json") else out) + suffix
+    return out.removesuffix(".json") + suffix
 
 
 def group_key(record: dict) -> tuple:
