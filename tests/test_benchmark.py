@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -379,3 +380,17 @@ def test_plot_of_a_file_that_is_not_json_is_one_error_line_and_draws_nothing(tmp
                                                   "line 1 column 1 (char 0)): give the JSON files that benchmark.py "
                                                   "--out wrote"]
     assert not (tmp_path / "figure.png").exists()
+
+
+def test_benchmarks_md_opens_with_the_figure_of_the_committed_records():
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), encoding="utf-8") as f:
+        text = f.read()
+    image = re.search(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert image and text.index(image.group(0)) < text.index("\n## "), "the figure comes before every section"
+    png = os.path.join(ROOT, image.group(1))
+    assert 10_000 < os.path.getsize(png) < 150_000
+    records = png[:-len(".png")] + ".json"
+    assert f"figure is drawn from [{os.path.relpath(records, ROOT)}]" in " ".join(text.split())  # says its source
+    from bench_lib import figure
+    ratios = figure.relative_to_fastest_peer(figure.load([records])[0])
+    assert {mode for _, mode, _, _ in ratios} == {"train", "infer"}
