@@ -93,7 +93,8 @@ def image_problem(path: str) -> Optional[str]:
         return (f"not a readable {FORMATS} image: Pillow cannot identify its header "
                 f"({os.path.getsize(path):,} bytes); {_FIX}")
     except Exception as error:  # noqa: BLE001 -- a crafted header can raise anything in a Pillow plugin: refuse
-        return f"not a readable {FORMATS} image: its header does not parse ({type(error).__name__}: {error}); {_FIX}"
+        return (f"not a readable {FORMATS} image: its header does not parse ({type(error).__name__}: {error}; "
+                f"{os.path.getsize(path):,} bytes); {_FIX}")
     if kind not in _DECODED:
         return f"a {kind} image, which is not decoded here; {_FIX}"
     if frames * width * height > MAX_PIXELS:
