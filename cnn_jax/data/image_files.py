@@ -8,12 +8,14 @@ files calls it: ``read_image`` (predict, visualize), and the image-folder reader
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
-from typing import Optional, Sequence
+from typing import BinaryIO, Optional, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from cnn_jax import tf_images
 
@@ -40,68 +42,81 @@ def check_image_size(image_size, where: str) -> tuple[int, int]:
     return tuple(int(s) for s in image_size)
 
 
-def _gif_canvas(path: str) -> tuple[int, int, int]:
+def _gif_canvas(file: BinaryIO) -> tuple[int, int, int]:
     """(frames, width, height) of the canvas TensorFlow decodes a GIF to: the logical screen grown to hold every
     frame's extent. Pillow reports the first frame's canvas only, and TensorFlow allocates the largest; so the
     blocks are walked here (headers only, the image data skipped)."""
-    with open(path, "rb") as file:
-        header = file.read(13)
-        width, height, flags = int.from_bytes(header[6:8], "little"), int.from_bytes(header[8:10], "little"), header[10]
-        file.seek((3 << ((flags & 7) + 1)) if flags & 0x80 else 0, os.SEEK_CUR)  # the global colour table
-        frames = 0
-        while (block := file.read(1)) not in (b";", b""):
-            if block == b",":  # an image: its position and size, then its colour table and data
-                descriptor = file.read(9)
-                if len(descriptor) < 9:
-                    break
-                left, top, w, h = (int.from_bytes(descriptor[i:i + 2], "little") for i in range(0, 8, 2))
-                width, height, frames = max(width, left + w), max(height, top + h), frames + 1
-                file.seek((3 << ((descriptor[8] & 7) + 1)) if descriptor[8] & 0x80 else 0, os.SEEK_CUR)
-                file.read(1)  # LZW code size
-            elif block == b"!":
-                file.read(1)  # the extension's label
-            else:
-                raise ValueError(f"unexpected GIF block {block!r} at byte {file.tell() - 1}")
-            while (length := file.read(1)) not in (b"\0", b""):  # data sub-blocks, up to the empty one
-                file.seek(length[0], os.SEEK_CUR)
+    file.seek(0)
+    header = file.read(13)
+    width, height, flags = int.from_bytes(header[6:8], "little"), int.from_bytes(header[8:10], "little"), header[10]
+    file.seek((3 << ((flags & 7) + 1)) if flags & 0x80 else 0, os.SEEK_CUR)  # the global colour table
+    frames = 0
+    while (block := file.read(1)) not in (b";", b""):
+        if block == b",":  # an image: its position and size, then its colour table and data
+            descriptor = file.read(9)
+            if len(descriptor) < 9:
+                break
+            left, top, w, h = (int.from_bytes(descriptor[i:i + 2], "little") for i in range(0, 8, 2))
+            width, height, frames = max(width, left + w), max(height, top + h), frames + 1
+            file.seek((3 << ((descriptor[8] & 7) + 1)) if descriptor[8] & 0x80 else 0, os.SEEK_CUR)
+            file.read(1)  # LZW code size
+        elif block == b"!":
+            file.read(1)  # the extension's label
+        else:
+            raise ValueError(f"unexpected GIF block {block!r} at byte {file.tell() - 1}")
+        while (length := file.read(1)) not in (b"\0", b""):  # data sub-blocks, up to the empty one
+            file.seek(length[0], os.SEEK_CUR)
     return max(frames, 1), width, height
 
 
-def image_problem(path: str) -> Optional[str]:
-    """Why ``path`` must not be decoded, or None: the reason ``check_image_file`` gives, without raising."""
-    from PIL import Image, UnidentifiedImageError
-
+def _header_problem(file: BinaryIO, size: int) -> Optional[str]:
+    """Why the image in ``file`` (``size`` bytes, open and seekable) must not be decoded, or None."""
     try:
         with warnings.catch_warnings():  # Pillow warns from 89 MPixel; the limit here is lower and says more
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(file) as image:
                 kind, (width, height) = image.format, image.size
                 frames = getattr(image, "n_frames", 1) if kind == "WEBP" else 1
         if kind == "GIF":
-            frames, width, height = _gif_canvas(path)
+            frames, width, height = _gif_canvas(file)
     except Image.DecompressionBombError as error:  # Pillow's own limit, from 2 x 89 MPixel: over ours too
         claimed = re.search(r"\((\d+) pixels\)", str(error))
         pixels = f"{int(claimed.group(1)):,}" if claimed else "more than 178,956,970"
-        return f"its header claims {pixels} pixels, over the {MAX_PIXELS:,}-pixel limit (a decompression bomb?); {_FIX}"
-    except FileNotFoundError:
-        return "no such file"
-    except IsADirectoryError:
-        return "a folder, not an image file"
-    except PermissionError as error:
-        return f"cannot be read ({error.strerror}): fix: give this user read permission"
+        return (f"its header claims {pixels} pixels, over the {MAX_PIXELS:,}-pixel limit (a decompression bomb? "
+                f"the file is {size:,} bytes); {_FIX}")
     except UnidentifiedImageError:
-        return (f"not a readable {FORMATS} image: Pillow cannot identify its header "
-                f"({os.path.getsize(path):,} bytes); {_FIX}")
+        return f"not a readable {FORMATS} image: Pillow cannot identify its header ({size:,} bytes); {_FIX}"
     except Exception as error:  # noqa: BLE001 -- a crafted header can raise anything in a Pillow plugin: refuse
         return (f"not a readable {FORMATS} image: its header does not parse ({type(error).__name__}: {error}; "
-                f"{os.path.getsize(path):,} bytes); {_FIX}")
+                f"{size:,} bytes); {_FIX}")
     if kind not in _DECODED:
         return f"a {kind} image, which is not decoded here; {_FIX}"
     if frames * width * height > MAX_PIXELS:
         shown = f"{frames} frames of {width}x{height}" if frames > 1 else f"{width}x{height}"
         return (f"its header claims {shown} pixels, over the {MAX_PIXELS:,}-pixel limit (a decompression bomb? "
-                f"the file is {os.path.getsize(path):,} bytes); {_FIX}")
+                f"the file is {size:,} bytes); {_FIX}")
     return None
+
+
+def _opened(path: str) -> tuple[Optional[BinaryIO], str]:
+    """(the file open for reading, "") or (None, why it cannot be opened)."""
+    try:
+        return open(path, "rb"), ""
+    except FileNotFoundError:
+        return None, "no such file"
+    except IsADirectoryError:
+        return None, "a folder, not an image file"
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error}): fix: give this user read permission"
+
+
+def image_problem(path: str) -> Optional[str]:
+    """Why ``path`` must not be decoded, or None: the reason ``check_image_file`` gives, without raising."""
+    file, why = _opened(path)
+    if file is None:
+        return why
+    with file:
+        return _header_problem(file, os.fstat(file.fileno()).st_size)
 
 
 def check_image_file(path: str) -> None:
@@ -124,16 +139,24 @@ def decode_file(tf, path, image_size: tuple[int, int], channels: int = 3):
 
 
 def read_image(path: str, image_size: Sequence[int], channels: int = 3) -> np.ndarray:
-    """One image file as uint8 (H, W, ``channels``), checked (``check_image_file``) and resized as the image-folder
-    and tfds readers resize (aspect kept, scaled to cover, centre cropped).
+    """One image file as uint8 (H, W, ``channels``), checked as ``check_image_file`` checks and resized as the
+    image-folder and tfds readers resize (aspect kept, scaled to cover, centre cropped). The file is read once: the
+    bytes checked are the bytes decoded.
 
     Raises UnreadableImageError naming the file and the reason when it is missing, refused or does not decode.
     """
     image_size = check_image_size(image_size, "read_image")
-    check_image_file(path)
+    file, why = _opened(path)
+    if file is None:
+        raise UnreadableImageError(path, why)
+    with file:
+        contents = file.read()
+    problem = _header_problem(io.BytesIO(contents), len(contents))
+    if problem:
+        raise UnreadableImageError(path, problem)
     tf = tf_images.import_tensorflow()
     try:
-        return decode_file(tf, os.fsencode(path), image_size, channels).numpy()
+        return tf_images.decode_and_resize(tf, contents, image_size, channels).numpy()
     except (tf.errors.OpError, ValueError) as error:
         reason = _TF_NOISE.sub("", getattr(error, "message", str(error))).strip()
         raise UnreadableImageError(path, f"not a readable {FORMATS} image ({reason})") from None
