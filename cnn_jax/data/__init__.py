@@ -1,13 +1,13 @@
-"""Datasets held in host memory, numpy batching, device prefetch and on-device augmentation.
+"""Datasets held in host memory or streamed from disk, numpy batching, device prefetch and on-device augmentation.
 
-``load(DataConfig(...))`` reads a tensorflow-datasets dataset or an image folder (one subfolder per
-class) once into uint8 arrays; the
-returned ``Dataset`` yields numpy batches (order a pure function of seed and epoch);
-``prefetch_to_device`` moves them ahead of the step; ``make_augment`` builds a jittable
-augmentation applied inside the train step.
+``load(DataConfig(...))`` reads a tensorflow-datasets dataset or an image folder (one subfolder per class); the
+returned ``Dataset`` yields numpy batches (order a pure function of seed and epoch); ``prefetch_to_device`` moves
+them ahead of the step; ``make_augment`` builds a jittable augmentation applied inside the train step.
+``check_image_file`` and ``read_image`` check and read single files from outside (predict, visualize).
 
 The names below are imported on first access (module ``__getattr__``), so a caller that only reads images
-(``read_image``, as the ONNX and TFLite predict runtimes do) never imports JAX through ``augment``.
+(``read_image``, as the ONNX and TFLite predict runtimes do) imports neither JAX (through ``augment``) nor
+tensorflow-datasets: an eager face would cost such a caller the seconds of ``import jax``.
 """
 from cnn_jax.lazy import lazy_names
 
