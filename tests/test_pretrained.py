@@ -27,7 +27,7 @@ import pytest
 
 from cnn_jax import pretrained
 from cnn_jax.pretrained import load as load_module
-from cnn_jax.pretrained.catalog import KNOWN_SHA256, file_sha256
+from cnn_jax.pretrained.catalog import KNOWN_SHA256, sha256
 from cnn_jax.pretrained.torch_file import LEGACY_MAGIC, LEGACY_PROTOCOL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,9 +194,15 @@ def test_keras_mobilenet_v2_parity_from_the_keras_cache(keras, images, tmp_path,
 
 def test_unreadable_keras_file_is_a_clear_error(keras, tmp_path):
     (tmp_path / "weights.h5").write_bytes(b"not an hdf5 file")
-    with pytest.raises(pretrained.CorruptWeightsError,
-                       match="cannot load .*weights.h5 into keras.applications.MobileNetV2"):
+    with pytest.raises(pretrained.CorruptWeightsError, match="weights.h5 is neither an HDF5 file nor a .keras archive"):
         pretrained.convert_keras("mobilenet_v2_keras", tmp_path / "weights.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "other.h5", "w") as file:  # HDF5, but not that application's weights
+        file["conv1/kernel"] = np.ones(3, np.float32)
+    with pytest.raises(pretrained.CorruptWeightsError,
+                       match=r"cannot load .*other.h5 into keras.applications.MobileNetV2"):
+        pretrained.convert_keras("mobilenet_v2_keras", tmp_path / "other.h5")
 
 
 # ---------------------------------------------------------------- the real EfficientNet-Lite weights
@@ -242,7 +248,7 @@ def test_efficientnet_lite_files_pass_their_checksum_and_convert_strictly(name):
     path = spec.search_path()
     if path is None or not path.is_file():
         pytest.skip(f"for the real {name} weights, {spec.how_to_get}")
-    assert file_sha256(path) == KNOWN_SHA256[path.name]
+    assert sha256(path.read_bytes()) == KNOWN_SHA256[path.name]
     variables = pretrained.convert_file(name, path)
     assert set(variables) == {"params", "batch_stats"}
     assert variables["params"]["classifier"]["kernel"].shape == (1280, 1000)
@@ -381,7 +387,7 @@ def test_cache_is_reused_without_reading_the_source(lite0_file, tmp_path, monkey
     assert json.loads((tmp_path / "efficientnet_lite0" / "source.json").read_text())["sha256"].startswith("57934424")
 
     calls = []
-    monkeypatch.setattr(load_module, "convert_file", lambda name, path: calls.append(path) or converted)
+    monkeypatch.setattr(load_module, "convert_file", lambda name, path, data: calls.append(path) or converted)
     model, cached = pretrained.load_pretrained("efficientnet_lite0", cache_dir=tmp_path)
     assert not calls
     assert jax.tree.structure(cached) == jax.tree.structure(converted)

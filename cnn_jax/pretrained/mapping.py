@@ -154,6 +154,10 @@ def map_variables(target: dict, names: NameMap, tensors: Mapping[str, np.ndarray
     Strict: each variable takes exactly one source tensor of the right shape and each source tensor (but the
     convention's ignored leaves) is taken once; otherwise ``WeightMappingError`` names the first offending key.
     """
+    not_names = [key for key in tensors if not isinstance(key, str)]
+    if not_names:
+        raise WeightMappingError(f"source key {not_names[0]!r} is a {type(not_names[0]).__name__}, not a string: "
+                                 "a state dict maps parameter names to tensors; pass `model.state_dict()`")
     flat = traverse_util.flatten_dict(target)
     units = frozenset("/".join(path[1:-2]) for path in flat if path[-2] in ("conv", "bn"))
     filled, used = {}, {}

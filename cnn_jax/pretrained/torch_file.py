@@ -9,13 +9,17 @@ In both, the state dict pickle names storages by persistent id ``("storage", tor
 numel[, view])`` and rebuilds each tensor with ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
 ...)``. The unpickler here resolves exactly those globals (plus ``collections.OrderedDict``) to numpy and refuses
 every other one, so a file cannot make loading run code.
+
+Memory is bounded by the file: each tensor comes back as a read-only view into its storage, never a copy, so many
+tensors sharing one storage cost that storage once; and a zip archive's storages may not inflate to more than
+``MAX_INFLATION`` times the archive's size (``torch.save`` stores them uncompressed). The converter copies only the
+tensors the model's mapping takes, each of the shape the model needs.
 """
 from __future__ import annotations
 
 import collections
 import io
 import math
-import os
 import pickle
 import zipfile
 from typing import Any, BinaryIO, Callable, Dict, NamedTuple, Optional, Tuple
@@ -23,7 +27,7 @@ from typing import Any, BinaryIO, Callable, Dict, NamedTuple, Optional, Tuple
 import ml_dtypes
 import numpy as np
 
-from cnn_jax.pretrained.errors import CorruptWeightsError, PretrainedError, UnsafeWeightsError, WeightsNotFoundError
+from cnn_jax.pretrained.errors import CorruptWeightsError, PretrainedError, UnsafeWeightsError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -61,6 +65,7 @@ class _Tensor(NamedTuple):
     stride: Tuple[int, ...]
 
     def to_numpy(self) -> np.ndarray:
+        """A read-only view into the storage (no copy: the bytes are held once however many tensors share them)."""
         data = self.storage.data
         if data is None:
             raise CorruptWeightsError("a tensor refers to a storage whose bytes the file does not contain")
@@ -78,7 +83,7 @@ class _Tensor(NamedTuple):
             raise CorruptWeightsError(f"a tensor of shape {self.shape} reaches past its storage of {data.size} "
                                       "elements: the file is corrupt")
         strides = tuple(s * data.itemsize for s in self.stride)
-        return np.lib.stride_tricks.as_strided(data[self.offset:], self.shape, strides).copy()
+        return np.lib.stride_tricks.as_strided(data[self.offset:], self.shape, strides, writeable=False)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -120,8 +125,8 @@ def _plain_load(file: BinaryIO) -> Any:
     return _RestrictedUnpickler(file, lambda pid: None).load()
 
 
-def _read_zip(path: str) -> Any:
-    with zipfile.ZipFile(path) as archive:
+def _read_zip(data: bytes) -> Any:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise CorruptWeightsError(f"it is a zip file but not a torch.save archive (expected one data.pkl, "
@@ -131,13 +136,20 @@ def _read_zip(path: str) -> Any:
             raise CorruptWeightsError("it was saved big-endian, which is not supported; re-save it on a "
                                       "little-endian machine")
         storages: Dict[str, _Storage] = {}
+        budget = [MAX_INFLATION * len(data)]  # bytes the storages may still inflate to
 
         def load_storage(pid: tuple) -> _Storage:
             _, storage_type, key, _, numel = pid[:5]
             if key not in storages:
                 storages[key] = _Storage(storage_type.dtype, int(numel))
                 name = f"{prefix}data/{key}"
-                _check_member_size(archive, name, storages[key].numel * storages[key].dtype.itemsize)
+                size = storages[key].numel * storages[key].dtype.itemsize
+                _check_member_size(archive, name, size)
+                budget[0] -= size
+                if budget[0] < 0:
+                    raise CorruptWeightsError(
+                        f"its storages inflate to more than {MAX_INFLATION}x the file's {len(data):,} bytes, which a "
+                        "torch.save archive (stored uncompressed) never does: the file is corrupt or crafted")
                 storages[key].fill(archive.read(name), f"storage {key}")
             return storages[key]
 
@@ -145,6 +157,7 @@ def _read_zip(path: str) -> Any:
         return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage).load()
 
 
+MAX_INFLATION = 2  # torch.save stores storages uncompressed (1x); a re-zipped file's float weights deflate ~1.1x
 MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle names its tensors; even ImageNet models need well under 1 MiB
 
 
@@ -162,8 +175,8 @@ def _check_member_size(archive: zipfile.ZipFile, name: str, expected: Optional[i
                                   "the file is corrupt or crafted")
 
 
-def _read_legacy(path: str) -> Any:
-    with open(path, "rb") as file:
+def _read_legacy(data: bytes) -> Any:
+    with io.BytesIO(data) as file:
         if _plain_load(file) != LEGACY_MAGIC:
             raise CorruptWeightsError("it is neither a torch.save zip archive nor a legacy torch.save file")
         if _plain_load(file) != LEGACY_PROTOCOL:
@@ -196,23 +209,24 @@ def _state_dict(state: Any) -> Dict[str, np.ndarray]:
         raise CorruptWeightsError(f"it holds a {type(state).__name__}, not a state dict (name -> tensor); "
                                   "save `model.state_dict()`")
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise CorruptWeightsError(f"its key {key!r} is a {type(key).__name__}, not a string: a state dict maps "
+                                      "parameter names to tensors; save `model.state_dict()`")
         if not isinstance(value, _Tensor):
             raise CorruptWeightsError(f"its entry {key!r} is a {type(value).__name__}, not a tensor: expected a "
                                       "state dict (name -> tensor); save `model.state_dict()`")
     return {key: value.to_numpy() for key, value in state.items()}
 
 
-def read_torch_file(path: str) -> Dict[str, np.ndarray]:
-    """The state dict in a ``torch.save`` file (zip or legacy layout) as {name: numpy array}.
+def parse_torch_file(data: bytes, path: str) -> Dict[str, np.ndarray]:
+    """The state dict in the bytes of a ``torch.save`` file (zip or legacy layout) at ``path`` (named in messages),
+    as {name: read-only numpy array}. The caller reads the file once, so the bytes it hashes are the bytes parsed.
 
     Raises ``UnsafeWeightsError`` when the pickle asks for anything but tensors and ``CorruptWeightsError`` when the
-    file is truncated or not a state dict.
+    file is truncated, not a state dict, or would take more memory than its size accounts for.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise WeightsNotFoundError(f"{path} does not exist")
     try:
-        return _state_dict(_read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path))
+        return _state_dict(_read_zip(data) if zipfile.is_zipfile(io.BytesIO(data)) else _read_legacy(data))
     except PretrainedError as error:
         raise type(error)(f"cannot load {path}: {error}") from None
     except Exception as error:  # noqa: BLE001 -- any parse failure means the file is not a readable state dict
