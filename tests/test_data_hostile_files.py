@@ -121,6 +121,16 @@ def test_a_small_animated_gif_is_read_as_its_first_frame(tmp_path):
     assert image.shape == (6, 8, 3) and image[..., 0].min() > 200 and image[..., 1:].max() < 50
 
 
+def test_an_animated_webp_is_refused_before_tensorflow_sees_it(tmp_path):
+    """TensorFlow decodes animated WebP to RGBA only, and asked for its own channel count it aborts the process."""
+    frames = [Image.new("RGB", (64, 48), color) for color in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "moving.webp", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "still.webp")
+    with pytest.raises(data.UnreadableImageError, match=r"moving.webp: an animated WebP \(3 frames, 64x48\)"):
+        data.read_image(str(tmp_path / "moving.webp"), (8, 8))
+    assert data.read_image(str(tmp_path / "still.webp"), (6, 8))[..., 0].min() > 200
+
+
 @pytest.mark.parametrize("name, contents, expected", [
     ("cut.png", zeros_png(64, 64)[:20], r"cut.png: not a readable JPEG, PNG, GIF, BMP or WebP image: its header "
                                         r"does not parse \(OSError: .*; 20 bytes\); fix: convert"),

@@ -3,7 +3,8 @@
 ``check_image_file`` reads only a file's header (Pillow opens lazily) and refuses, before TensorFlow decodes
 anything, a file Pillow cannot read the header of, a format TensorFlow does not decode, and a decompression bomb:
 an image whose decoded pixels, every frame's for an animation, exceed ``MAX_PIXELS`` (a few hundred KB of PNG
-can claim gigapixels of zeros, and TensorFlow decodes every frame of a GIF to keep the first). Every reader of
+can claim gigapixels of zeros, and TensorFlow decodes every frame of a GIF to keep the first), and an animated
+WebP (TensorFlow decodes it to RGBA only, and aborts the process on some requests for other channels). Every reader of
 files calls it: ``read_image`` (predict, visualize), and the image-folder reader for each file of a folder.
 """
 from __future__ import annotations
@@ -91,6 +92,8 @@ def _header_problem(file: BinaryIO, size: int) -> Optional[str]:
                 f"{size:,} bytes); {_FIX}")
     if kind not in _DECODED:
         return f"a {kind} image, which is not decoded here; {_FIX}"
+    if kind == "WEBP" and frames > 1:  # TensorFlow decodes animated WebP to RGBA only; its other paths corrupt memory
+        return f"an animated WebP ({frames} frames, {width}x{height}), which is not decoded here; {_FIX}"
     if frames * width * height > MAX_PIXELS:
         shown = f"{frames} frames of {width}x{height}" if frames > 1 else f"{width}x{height}"
         return (f"its header claims {shown} pixels, over the {MAX_PIXELS:,}-pixel limit (a decompression bomb? "
