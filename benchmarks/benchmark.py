@@ -205,10 +205,11 @@ def reference_for(framework: str, model: str) -> Reference:
 
 def record_environment(framework: str, huge_pages_for: str) -> dict:
     """This process's environment, with glibc's huge-page tunable for the frameworks `--huge_pages` names and
-    without it for the others."""
-    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t != huge_pages.TUNABLE]
-    plain = {name: value for name, value in os.environ.items() if name != huge_pages.SWITCH}
-    plain["GLIBC_TUNABLES"] = ":".join(tunables)
+    without it for the others: any `glibc.malloc.hugetlb` setting of this process's own is dropped, the flag
+    decides."""
+    name = huge_pages.TUNABLE.split("=")[0]
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t.split("=")[0] != name]
+    plain = {**os.environ, "GLIBC_TUNABLES": ":".join(tunables)}
     if huge_pages_for in ("all", framework):
         return huge_pages.environment(plain) or plain
     return plain

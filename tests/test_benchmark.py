@@ -294,11 +294,12 @@ def test_a_failed_record_is_reported_and_the_command_fails(tmp_path):
 def test_the_huge_page_tunable_goes_to_the_frameworks_the_flag_names_and_no_others(monkeypatch):
     import benchmark
     from cnn_jax import huge_pages
-    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.arena_max=2:{huge_pages.TUNABLE}")
-    monkeypatch.setenv(huge_pages.SWITCH, "0")  # the flag decides here, not this process's switch
-    for framework, huge_pages_for in [("torch", "cnn_jax"), ("cnn_jax", "none")]:
-        plain = benchmark.record_environment(framework, huge_pages_for)
-        assert plain["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2" and huge_pages.SWITCH not in plain
+    # This process's own setting, on or off, gives way to the flag.
+    for own in (huge_pages.TUNABLE, "glibc.malloc.hugetlb=0"):
+        monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.arena_max=2:{own}")
+        for framework, huge_pages_for in [("torch", "cnn_jax"), ("cnn_jax", "none")]:
+            plain = benchmark.record_environment(framework, huge_pages_for)
+            assert plain["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
     given = huge_pages.environment({}) is not None  # glibc 2.35+ with transparent huge pages
     for framework, huge_pages_for in [("torch", "all"), ("cnn_jax", "cnn_jax")]:
         tunables = benchmark.record_environment(framework, huge_pages_for)["GLIBC_TUNABLES"]
