@@ -14,6 +14,13 @@ indented "class probability" line per class, most likely first; `--json` prints 
 scripts/export.py wrote: ``stablehlo``, ``tf`` (SavedModel), ``tflite`` (``--tflite_variant``) or ``onnx``. The
 ``tf``, ``tflite`` and ``onnx`` runtimes never import JAX (``cnn_jax.export.runtime``). A missing or corrupt
 artifact, or a workdir without an export, gets one ``error:`` line and exit status 1.
+
+Trust: an exported model is a program, and so is a workdir. Each artifact must have the SHA-256 that its
+export's meta.json recorded when it was written, and its operations are inspected (no file, system or custom
+ops), but whoever wrote the workdir wrote the sums too: run a workdir from someone else only as far as you would
+run their code. To share a model, share its ONNX file (scripts/export.py --format=onnx): the smallest runtime
+here, checked to hold only standard ONNX ops and no external data. Class names and paths are printed with
+control characters escaped.
 """
 import dataclasses
 import json
@@ -109,12 +116,20 @@ def predict(runtime, paths, top_k: int, batch_size: int):
             yield {"path": path, "top_k": [{"class": meta.class_names[i], "prob": float(p[i])} for i in best]}
 
 
+def printable(text: str) -> str:
+    """``text`` with each non-printable character (ANSI escapes, newlines, ...) written as its Python escape, so a
+    class or file name cannot move the cursor, recolour the terminal or fake another line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def format_text(result: dict) -> str:
+    path = printable(result["path"])
     if "error" in result:
-        return f"{result['path']}: error: {result['error']}"
-    width = max(len(entry["class"]) for entry in result["top_k"])
-    return "\n".join([result["path"]] + [f"  {entry['class']:<{width}}  {entry['prob']:.4f}"
-                                         for entry in result["top_k"]])
+        return f"{path}: error: {printable(result['error'])}"
+    classes = [printable(entry["class"]) for entry in result["top_k"]]
+    width = max(map(len, classes))
+    lines = [f"  {name:<{width}}  {entry['prob']:.4f}" for name, entry in zip(classes, result["top_k"])]
+    return "\n".join([path] + lines)
 
 
 def main(argv) -> None:
@@ -133,14 +148,17 @@ def main(argv) -> None:
             meta_lib.check_format("tflite", settings.tflite_variant)
         runtime = runtime_lib.load_runtime(settings.workdir, settings.runtime, settings.tflite_variant)
     except meta_lib.ExportError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {printable(str(error))}")
     paths = list(image_paths(argv[1:]))
     if not paths:
         sys.exit(f"error: no files in {', '.join(argv[1:])}")
     failed = False
-    for result in predict(runtime, paths, min(settings.top_k, len(runtime.meta.class_names)), settings.batch_size):
-        failed |= "error" in result
-        print(json.dumps(result) if settings.json else format_text(result), flush=True)
+    try:
+        for result in predict(runtime, paths, min(settings.top_k, len(runtime.meta.class_names)), settings.batch_size):
+            failed |= "error" in result
+            print(json.dumps(result) if settings.json else format_text(result), flush=True)
+    except meta_lib.ExportError as error:
+        sys.exit(f"error: {printable(str(error))}")
     sys.exit(1 if failed else 0)
 
 

@@ -1,6 +1,7 @@
 """The export a run leaves for inference (`cnn_jax.export`) and `scripts/predict.py`, on a small random model."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -59,6 +60,10 @@ def test_missing_corrupt_or_mismatched_exports_are_clear_errors(exported, tmp_pa
         export.load_export(str(tmp_path))
     (directory / "meta.json").write_text(json.dumps(meta))
     (directory / "variables.msgpack").write_bytes(b"\x93garbage")
+    with pytest.raises(export.ExportError, match="variables.msgpack is not the file its meta.json recorded"):
+        export.load_export(str(tmp_path))
+    garbage_sum = {**meta, "sha256": {"variables.msgpack": hashlib.sha256(b"\x93garbage").hexdigest()}}
+    (directory / "meta.json").write_text(json.dumps(garbage_sum))
     with pytest.raises(export.ExportError, match="corrupt or missing export variables"):
         export.load_export(str(tmp_path))
     (directory / "meta.json").write_text(json.dumps({**meta, "class_names": ["a", "b"]}))

@@ -1,6 +1,7 @@
 """A trained model as inference needs it, in ``<workdir>/export/``: no training flags required to use it.
 
-``meta.json`` holds the zoo model's name and constructor kwargs, the class names and the image shape (H, W, C);
+``meta.json`` holds the zoo model's name and constructor kwargs, the class names, the image shape (H, W, C) and
+the SHA-256 of ``variables.msgpack`` (checked when it is read, so another export's variables are refused);
 ``variables.msgpack`` holds ``{"params", "batch_stats"}`` (``flax.serialization`` msgpack, float32). Input
 normalization lives inside the model; its ``mean`` and ``std`` are pinned into the kwargs at export, so a later
 change of a model's defaults cannot change what an exported model computes. The compute dtype is not exported:
@@ -14,7 +15,7 @@ them with the weights they were made from.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import shutil
 from typing import Any, Mapping, Sequence
@@ -22,11 +23,11 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import serialization
 
-from cnn_jax.export.meta import (FORMAT, META_FILE, VARIABLES_FILE, ExportError, ExportMeta, export_dir, read_meta,
-                                 rewrite_hint)
+from cnn_jax.export import checks
+from cnn_jax.export.meta import (FORMAT, META_FILE, VARIABLES_FILE, ExportError, ExportMeta, export_dir, meta_text,
+                                 read_meta, rewrite_hint)
 from cnn_jax import pytrees
 from cnn_jax.files import fsync_directory, staging_path, swap_in, write_synced
 from cnn_jax.models import get_model
@@ -57,10 +58,11 @@ def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], 
     if problems:
         raise ValueError(f"the variables do not fit {model_name} with {len(class_names)} classes at {image_shape}: "
                          + "; ".join(problems[:_SHOWN_MISMATCHES]))
+    content = serialization.msgpack_serialize(variables)
     meta = {"format": FORMAT, "model": model_name, "model_kwargs": kwargs, "class_names": class_names,
-            "image_shape": image_shape}
+            "image_shape": image_shape, "sha256": {VARIABLES_FILE: hashlib.sha256(content).hexdigest()}}
     try:
-        meta_text = json.dumps(meta, indent=2)
+        text = meta_text(meta)
     except TypeError as error:
         raise ValueError(f"model_kwargs {kwargs} cannot be exported as JSON ({error}); pass plain numbers, "
                          "strings and lists") from None
@@ -69,8 +71,8 @@ def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], 
     staged = staging_path(directory, "new")
     os.mkdir(staged)
     try:
-        write_synced(os.path.join(staged, VARIABLES_FILE), serialization.msgpack_serialize(variables))
-        write_synced(os.path.join(staged, META_FILE), (meta_text + "\n").encode())
+        write_synced(os.path.join(staged, VARIABLES_FILE), content)
+        write_synced(os.path.join(staged, META_FILE), text.encode())
         fsync_directory(staged)
         swap_in(staged, directory)
     except BaseException:
@@ -82,8 +84,8 @@ def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], 
 def load_export(workdir: str) -> tuple[nn.Module, dict, ExportMeta]:
     """The model, its variables and the metadata exported in ``<workdir>/export/``.
 
-    Raises ExportError naming the problem (missing, incomplete, corrupt, or variables that do not fit the model)
-    and the fix.
+    Raises ExportError naming the problem (missing, incomplete, corrupt, variables that are not the ones its
+    ``meta.json`` recorded or that do not fit the model) and the fix.
     """
     directory = export_dir(workdir)
     rewrite = rewrite_hint(workdir)
@@ -93,9 +95,9 @@ def load_export(workdir: str) -> tuple[nn.Module, dict, ExportMeta]:
     except (ValueError, TypeError) as error:
         raise ExportError(f"the export {directory} names a model this code cannot build ({error}); {rewrite}") from None
     path = os.path.join(directory, VARIABLES_FILE)
+    content = checks.read_verified(path, meta, "export variables", rewrite)
     try:
-        with open(path, "rb") as file:
-            variables = serialization.msgpack_restore(file.read())
+        variables = serialization.msgpack_restore(content)
     except Exception as error:  # noqa: BLE001 -- any failure to read the msgpack means a corrupt file
         raise ExportError(f"corrupt or missing export variables {path} ({type(error).__name__}: {error}); "
                           f"{rewrite}") from None
