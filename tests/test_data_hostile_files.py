@@ -15,6 +15,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from cnn_jax import data
@@ -213,3 +215,32 @@ def test_a_planted_folder_scan_with_indices_out_of_range_is_scanned_again(tmp_pa
 
     cache.write_bytes(b"\x93NUMPY")  # cut short: a miss, never a traceback
     assert image_folder.scan_image_folder(str(root), (8, 8))[1] == first[1]
+
+
+def _small_images() -> dict[str, bytes]:
+    formats = {}
+    for kind in ("PNG", "GIF", "BMP", "JPEG", "WEBP"):
+        encoded = io.BytesIO()
+        Image.new("RGB", (20, 12), (10, 200, 30)).save(encoded, kind)
+        formats[kind] = encoded.getvalue()
+    formats["animated GIF"] = animated_gif(3, (20, 12))
+    return formats
+
+
+SMALL_IMAGES = _small_images()
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(sorted(SMALL_IMAGES)), data_=st.data())
+def test_a_damaged_header_is_refused_or_passed_never_raised(tmp_path_factory, kind, data_):
+    """Any bytes changed or cut in the first 64 of a valid file: check_image_file refuses or passes, nothing else."""
+    contents = bytearray(SMALL_IMAGES[kind])
+    for _ in range(data_.draw(st.integers(1, 4))):
+        contents[data_.draw(st.integers(0, min(63, len(contents) - 1)))] = data_.draw(st.integers(0, 255))
+    contents = bytes(contents[:data_.draw(st.integers(0, len(contents)))])
+    path = tmp_path_factory.mktemp("damaged") / "image"
+    path.write_bytes(contents)
+    try:
+        data.check_image_file(str(path))
+    except data.UnreadableImageError as error:
+        assert error.reason and "\n" not in error.reason
