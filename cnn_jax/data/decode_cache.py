@@ -10,7 +10,8 @@ logged and skipped.
 
 What the sum catches: a file cut short or damaged, or put in the cache by anything but this module (a planted
 file, one copied from elsewhere). What it does not: whoever can write the cache directory can write a sum too,
-so the directory must be the user's own (``cnn_jax.caches``).
+so it guards nothing in a directory that other users can write; the contents checks still keep such a file from
+indexing out of range.
 """
 from __future__ import annotations
 
