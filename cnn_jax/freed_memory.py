@@ -3,9 +3,9 @@
 Compiling a step on the CPU takes tens to hundreds of MB of heap, freed when the compiler is done; glibc keeps the
 free pages mapped, so they stay in the process's resident memory while the step's first run adds its buffers on
 top, and later allocations reuse only part of them. ``release()`` returns them; ``release_after_compiles()`` does
-so after every XLA compile of the process (a ``jax.monitoring`` listener), which the entry points that run
-training install before they compile: ``cnn_jax.train.train_and_evaluate`` and the benchmark's and profiler's scripts.
-Elsewhere than glibc both do nothing.
+so after every XLA compile of the process (a ``jax.monitoring`` listener). Installing it changes the whole
+process, so no library function does: ``cnn_jax.run.setup_process`` installs it (its ``release_compiler_memory``
+setting), as the entry points that train or measure do. Elsewhere than glibc both do nothing.
 """
 from __future__ import annotations
 

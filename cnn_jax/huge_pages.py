@@ -7,9 +7,10 @@ buffer back in, 4 KiB at a time: 10,000 page faults a step for simple_cnn at bat
 set (glibc 2.35 and later) malloc asks the kernel for transparent huge pages for those blocks: 2 MiB faults, 512
 times fewer.
 
-glibc reads its tunables once, when the process starts, so an entry point calls ``reexec()`` first thing: it
-re-executes the same command once with the tunable added to ``GLIBC_TUNABLES``, before anything heavy is
-imported. ``CNN_JAX_HUGE_PAGES=0`` turns it off (to measure the difference, or where huge pages are unwanted).
+glibc reads its tunables once, when the process starts, so ``reexec()`` re-executes the same command once with the
+tunable added to ``GLIBC_TUNABLES``; ``cnn_jax.run.setup_process`` calls it first thing, before anything heavy is
+imported, unless its ``huge_pages`` setting is off. A ``GLIBC_TUNABLES`` that sets ``glibc.malloc.hugetlb`` itself
+(``=0`` to turn huge pages off in any entry point) is left as it is.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import sys
 from typing import Mapping, Optional
 
 TUNABLE = "glibc.malloc.hugetlb=1"
-SWITCH = "CNN_JAX_HUGE_PAGES"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -40,10 +40,12 @@ def _kernel_allows() -> bool:
 
 
 def environment(env: Mapping[str, str]) -> Optional[dict]:
-    """``env`` with the tunable added to ``GLIBC_TUNABLES``, or None where it is there already, switched off
-    (``CNN_JAX_HUGE_PAGES=0``), or would do nothing (not glibc 2.35+, no transparent huge pages)."""
+    """``env`` with the tunable added to ``GLIBC_TUNABLES``, or None where ``GLIBC_TUNABLES`` sets
+    ``glibc.malloc.hugetlb`` already (to this value or any other) or it would do nothing (not glibc 2.35+, no
+    transparent huge pages)."""
     tunables = env.get("GLIBC_TUNABLES", "")
-    if TUNABLE in tunables.split(":") or env.get(SWITCH) == "0":
+    name = TUNABLE.split("=")[0]
+    if any(entry.split("=")[0] == name for entry in tunables.split(":")):
         return None
     if _glibc_version() < (2, 35) or not _kernel_allows():
         return None

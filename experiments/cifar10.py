@@ -1,16 +1,14 @@
 """CIFAR-10: `python -m experiments.cifar10 --workdir=runs/cifar10`.
 
-Any zoo model runs with `--model`, e.g. resnet20; every setting of `common.Experiment` is a flag
+Any zoo model runs with `--model`, e.g. resnet20; every setting of `cnn_jax.run.Experiment` is a flag
 (`--help`). For accuracy per minute see `experiments/cifar10_fast.py`.
 """
-import functools
+from __future__ import annotations
 
-from absl import app
-
-from experiments import common
+from cnn_jax import run
 
 
-def recipe() -> common.Experiment:
+def recipe() -> run.Experiment:
     """cnn3 (three conv-BN blocks with dropout): 30 epochs of Nesterov SGD at batch 128 under a one-cycle
     schedule (peak 0.1 after 5 epochs), weight decay 5e-4, label smoothing 0.1, random crop + flip,
     test-time flips.
@@ -19,15 +17,14 @@ def recipe() -> common.Experiment:
     images/s) (2026-12-01, RESULTS.md, with cnn3's constant normalization 0.5/0.25, now `--normalization=model`):
     `python -m experiments.cifar10 --workdir=runs/cifar10`.
     """
-    return common.Experiment(
+    return run.Experiment(
         model="cnn3",
-        data=common.DataConfig("cifar10", batch_size=128, eval_batch_size=1000),
-        train=common.TrainConfig(epochs=30, learning_rate=0.1, optimizer="nesterov", schedule="onecycle",
-                                 warmup_epochs=5, weight_decay=5e-4, label_smoothing=0.1,
-                                 test_time_flip=True),
-        augmentation=common.AugmentConfig(("crop", "flip")))
+        data=run.DataConfig("cifar10", batch_size=128, eval_batch_size=1000),
+        train=run.TrainConfig(epochs=30, learning_rate=0.1, optimizer="nesterov", schedule="onecycle",
+                              warmup_epochs=5, weight_decay=5e-4, label_smoothing=0.1,
+                              test_time_flip=True),
+        augmentation=run.AugmentConfig(("crop", "flip")))
 
 
 if __name__ == "__main__":
-    common.define_flags(recipe())
-    app.run(functools.partial(common.main, recipe=recipe()))
+    run.main(recipe)

@@ -28,10 +28,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from absl import app
 
-from experiments import common
+from cnn_jax import models, ops, run
+from cnn_jax.train.airbench import AirbenchStart
 
 WHITENING_IMAGES = 5000  # as airbench94
 STEM = "stem"  # the whitened submodule: a 2x2 convolution with 2 x (2 * 2 * channels) filters
@@ -40,7 +42,7 @@ NORM_BIAS_SCALE = 64.0  # airbench94's learning-rate multiple of the BatchNorm o
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FastExperiment(common.Experiment):
+class FastExperiment(run.Experiment):
     """A zoo model trained from scratch, optionally with airbench94's whitened stem and parameter groups.
 
     Attributes:
@@ -65,29 +67,25 @@ def recipe() -> FastExperiment:
     """
     return FastExperiment(
         model="airbench_half",
-        data=common.DataConfig("cifar10", batch_size=128, eval_batch_size=1000),
-        train=common.TrainConfig(epochs=40, learning_rate=0.1, optimizer="nesterov", schedule="onecycle",
-                                 warmup_epochs=6, weight_decay=5e-4, label_smoothing=0.1, test_time_flip=True,
-                                 test_time_shift=1, eval_every_epochs=4),
-        augmentation=common.AugmentConfig(("crop", "flip"), crop_padding=4))
+        data=run.DataConfig("cifar10", batch_size=128, eval_batch_size=1000),
+        train=run.TrainConfig(epochs=40, learning_rate=0.1, optimizer="nesterov", schedule="onecycle",
+                              warmup_epochs=6, weight_decay=5e-4, label_smoothing=0.1, test_time_flip=True,
+                              test_time_shift=1, eval_every_epochs=4),
+        augmentation=run.AugmentConfig(("crop", "flip"), crop_padding=4))
 
 
-def run(config: FastExperiment) -> dict:
+def train_experiment(config: FastExperiment) -> dict:
+    """`cnn_jax.run.train_experiment`, starting from airbench94's stem and parameter groups as the config asks."""
     if not (config.whiten_stem or config.airbench94):
-        return common.run(config)
+        return run.train_experiment(config)
     if config.airbench94:
         config = dataclasses.replace(config, model_kwargs={**AIRBENCH94_NET, **config.model_kwargs})
     _check_stem(config.model, config.model_kwargs)
-    return common.run(config, functools.partial(airbench_start, config))
+    return run.train_experiment(config, functools.partial(airbench_start, config))
 
 
 def _check_stem(name: str, kwargs) -> None:
     """Raises ValueError unless zoo model `name` normalizes its input and starts with a whitenable stem."""
-    import jax
-    import jax.numpy as jnp
-
-    from cnn_jax import models
-
     model, spec = models.get_model(name, 10), models.model_spec(name)
     channels = spec.input_shape[-1]
     images = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
@@ -105,9 +103,6 @@ def airbench_start(config: FastExperiment, dataset, model_kwargs):
     """The engine start (`cnn_jax.train.airbench.AirbenchStart`) of `config` for the model built with
     `model_kwargs` (its normalization included): the whitened stem kernel if `whiten_stem`, airbench94's
     parameter groups if `airbench94`."""
-    from cnn_jax import models
-    from cnn_jax.train.airbench import AirbenchStart
-
     model = models.get_model(config.model, dataset.info.num_classes, **model_kwargs)
     variables = {"params": {STEM: {"kernel": whitening_kernel(model, dataset)}}} if config.whiten_stem else {}
     return AirbenchStart(variables, whitened=config.whiten_stem,
@@ -117,8 +112,6 @@ def airbench_start(config: FastExperiment, dataset, model_kwargs):
 def whitening_kernel(model, dataset):
     """The 2x2 kernel that whitens the patches of the first WHITENING_IMAGES training images, normalized as
     `model` (an airbench net) normalizes them."""
-    from cnn_jax import ops
-
     images, count = [], 0
     for batch in dataset.train_batches(0):
         images.append(batch["image"])
@@ -131,5 +124,4 @@ def whitening_kernel(model, dataset):
 
 
 if __name__ == "__main__":
-    common.define_flags(recipe())
-    app.run(functools.partial(common.main, recipe=recipe(), run_experiment=run))
+    run.main(recipe, train_experiment)

@@ -45,11 +45,11 @@ import os
 import time
 from typing import Any, Mapping, Optional
 
-from absl import app
-
-from cnn_jax import cli, settings
+from cnn_jax import cli, data, export, ops, run, settings
+from cnn_jax.plots.comparison import plot_comparison
 from cnn_jax.settings import bookkeeping
-from experiments import cifar10, cifar10_fast, common, mnist
+from cnn_jax.workdir_files import COMPARISON_FIGURE, COMPARISON_JSON, COMPARISON_TABLE, RESULTS_FILE
+from experiments import cifar10, cifar10_fast, mnist
 
 log = logging.getLogger("cnn_jax.compare")
 
@@ -63,7 +63,7 @@ class Arm:
     """One training run of a study: `recipe` (its model and model_kwargs included), and its row."""
     name: str  # its subdirectory and its row in the table
     setting: str  # what sets it apart, for the table
-    recipe: common.Experiment
+    recipe: run.Experiment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Study:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Comparison(common.Experiment):
+class Comparison(run.Experiment):
     """A study: its arms' recipes, with the engine flags given on the command line applied to each.
 
     Attributes:
@@ -89,11 +89,11 @@ class Comparison(common.Experiment):
 
 
 _CIFAR10_STATS = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}
-_MLP_CIFAR10 = common.Experiment(
-    model="mlp", data=common.DataConfig("cifar10", batch_size=128, eval_batch_size=1000),
-    train=common.TrainConfig(epochs=30, learning_rate=1e-3, optimizer="adam", schedule="onecycle",
+_MLP_CIFAR10 = run.Experiment(
+    model="mlp", data=run.DataConfig("cifar10", batch_size=128, eval_batch_size=1000),
+    train=run.TrainConfig(epochs=30, learning_rate=1e-3, optimizer="adam", schedule="onecycle",
                              warmup_epochs=5, label_smoothing=0.1),
-    augmentation=common.AugmentConfig(("flip",)))
+    augmentation=run.AugmentConfig(("flip",)))
 # Without BatchNorm alexnet_mini learns slower at the recipe's peak of 0.1: 24.9% against 35.9% at 0.02 after
 # `python -m experiments.cifar10 --model=alexnet_mini --learning_rate=... --num_train_examples=10000 --epochs=2
 # --warmup_epochs=0.4` (lenet5, also without it, did better at 0.1: 40.0% against 37.4%).
@@ -103,12 +103,12 @@ _SWEEP = settings.replace(mnist.recipe(), epochs=2, batch_size=32, steps_per_exe
 _FAST = cifar10_fast.recipe()
 
 
-def _arm(name: str, setting: str, recipe: common.Experiment, model: Optional[str] = None,
+def _arm(name: str, setting: str, recipe: run.Experiment, model: Optional[str] = None,
          **model_kwargs) -> Arm:
     return Arm(name, setting, dataclasses.replace(recipe, model=model or recipe.model, model_kwargs=model_kwargs))
 
 
-def _zoo_arm(model: str, setting: str, recipe: common.Experiment = cifar10.recipe()) -> Arm:
+def _zoo_arm(model: str, setting: str, recipe: run.Experiment = cifar10.recipe()) -> Arm:
     return _arm(model, setting, recipe, model, **_CIFAR10_STATS)
 
 
@@ -177,43 +177,40 @@ class _Plan:
     """An arm made concrete by the flags: where it runs and its config, checked."""
     arm: Arm
     workdir: str
-    config: common.Experiment
+    config: run.Experiment
     extra: dict  # the study and the arm, in its record
 
 
-def run(config: Comparison, given: Optional[Mapping[str, Any]] = None) -> dict:
+def train_experiment(config: Comparison, given: Optional[Mapping[str, Any]] = None) -> dict:
     """Plans and checks every arm, trains those not finished, and writes the comparison; returns it.
 
     `given` are the settings set on the command line (default: read from the flags). Every check
     that needs no data (configs, augmentations, batch sizes, the settings of runs already in the
     workdir) is made for all arms before the first one trains.
     """
-    from cnn_jax import data
-
     if config.study not in STUDIES:
         raise ValueError(f"--study={config.study!r} is not a study: choose one of {', '.join(STUDIES)}")
     study = STUDIES[config.study]
     arms = select_arms(study, config.arms)
-    given = cli.given(common.Experiment) if given is None else dict(given)
-    common.setup(config.run)
+    given = cli.given(run.Experiment) if given is None else dict(given)
     plans = []
     for arm in arms:
         arm_config = arm_recipe(study, arm, given)
         workdir = os.path.join(config.run.workdir, arm.name)
         arm_config = settings.replace(arm_config, workdir=workdir)
-        common.check_batch_sizes(arm_config.data)
+        run.check_batch_sizes(arm_config.data)
         plan = _Plan(arm, workdir, arm_config, {"study": study.name, "arm": arm.name})
-        common.check_workdir(plan.config, workdir, plan.extra)
+        run.check_workdir(plan.config, workdir, plan.extra)
         plans.append(plan)
     for number, plan in enumerate(plans, start=1):
         if _finished(plan.workdir):
             log.info("arm %d/%d: %s is done, reading %s", number, len(plans), plan.arm.name, plan.workdir)
             continue
         log.info("arm %d/%d: %s (%s) in %s", number, len(plans), plan.arm.name, plan.arm.setting, plan.workdir)
-        with common.claim(plan.config, plan.workdir, plan.extra) as record:
+        with run.claim(plan.config, plan.workdir, plan.extra) as record:
             dataset = _load(plan.config.data)
-            common.train(plan.config, dataset, plan.config.model, dict(plan.config.model_kwargs), record,
-                         start_time=time.time())  # The arm's wall time starts here: data loading is shared.
+            run.train_model(plan.config, dataset, plan.config.model, dict(plan.config.model_kwargs), record,
+                            start_time=time.time())  # The arm's wall time starts here: data loading is shared.
     return write_comparison(config.run.workdir, study, [_row(plan) for plan in plans])
 
 
@@ -229,7 +226,7 @@ def select_arms(study: Study, names) -> tuple[Arm, ...]:
     return tuple(arm for arm in study.arms if names is None or arm.name in names)
 
 
-def arm_recipe(study: Study, arm: Arm, given: Mapping[str, Any]) -> common.Experiment:
+def arm_recipe(study: Study, arm: Arm, given: Mapping[str, Any]) -> run.Experiment:
     """The config `arm` trains with: its recipe at the study's epochs, its warmup scaled alike so that it
     stays the same fraction of the run, then the settings `given` on the command line."""
     recipe_train = arm.recipe.train
@@ -241,25 +238,19 @@ def arm_recipe(study: Study, arm: Arm, given: Mapping[str, Any]) -> common.Exper
 
 def _finished(workdir: str) -> bool:
     """Results written and the export complete (its meta.json is written last)."""
-    from cnn_jax import export
-
-    return (os.path.exists(os.path.join(workdir, "results.json"))
+    return (os.path.exists(os.path.join(workdir, RESULTS_FILE))
             and os.path.exists(os.path.join(export.export_dir(workdir), export.META_FILE)))
 
 
 @functools.lru_cache(maxsize=1)
 def _load(data_config):
     """The dataset, read once for consecutive arms that batch it alike."""
-    from cnn_jax import data
-
     return data.load(data_config)
 
 
 def _row(plan: "_Plan") -> dict:
     """The arm's line of the comparison, from its results.json and its exported parameters."""
-    from cnn_jax import export, ops
-
-    with open(os.path.join(plan.workdir, "results.json")) as f:
+    with open(os.path.join(plan.workdir, RESULTS_FILE)) as f:
         results = json.load(f)
     _, variables, _ = export.load_export(plan.workdir)
     return {
@@ -273,14 +264,12 @@ def _row(plan: "_Plan") -> dict:
 
 def write_comparison(workdir: str, study: Study, rows: list[dict]) -> dict:
     """Writes comparison.json, comparison.md and comparison.png into `workdir`; returns the JSON's content."""
-    from cnn_jax.plots.comparison import plot_comparison
-
     comparison = {"study": study.name, "title": study.title, "arms": rows}
-    with open(os.path.join(workdir, "comparison.json"), "w") as f:
+    with open(os.path.join(workdir, COMPARISON_JSON), "w") as f:
         json.dump(comparison, f, indent=2)
-    with open(os.path.join(workdir, "comparison.md"), "w") as f:
+    with open(os.path.join(workdir, COMPARISON_TABLE), "w") as f:
         f.write(markdown_table(study.title, rows))
-    plot_comparison(rows, os.path.join(workdir, "comparison.png"), study.title)
+    plot_comparison(rows, os.path.join(workdir, COMPARISON_FIGURE), study.title)
     return comparison
 
 
@@ -301,9 +290,8 @@ def markdown_table(title: str, rows: list[dict]) -> str:
 
 def _report(comparison: dict, config: Comparison) -> str:
     return (markdown_table(comparison["title"], comparison["arms"])
-            + f"comparison in {os.path.join(config.run.workdir, 'comparison.md')} (.json, .png)")
+            + f"comparison in {os.path.join(config.run.workdir, COMPARISON_TABLE)} (.json, .png)")
 
 
 if __name__ == "__main__":
-    common.define_flags(recipe())
-    app.run(functools.partial(common.main, recipe=recipe(), run_experiment=run, report=_report))
+    run.main(recipe, train_experiment, _report)

@@ -31,6 +31,7 @@ from cnn_jax.layers import Conv
 from cnn_jax.ops import (
     LayerGeometry, avg_pool, conv2d, conv_output_size, count_params, max_pool, receptive_field, same_padding)
 from cnn_jax.plots.training import _save
+from cnn_jax.workdir_files import CONCEPTS_FILE, FIGURES_DIR
 
 
 
@@ -273,7 +274,7 @@ def write_figures(workdir, image_size: int = 48) -> dict:
     """Writes every figure into ``workdir/figures`` and their numbers into ``workdir/concepts.json``."""
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels to draw the shapes, got {image_size}")
-    figures = pathlib.Path(workdir) / "figures"
+    figures = pathlib.Path(workdir) / FIGURES_DIR
     numbers = {
         "params": figure_params(figures / "dense_vs_conv_params.png"),
         "edge_response": figure_edges(figures / "edge_filters.png", image_size),
@@ -282,7 +283,7 @@ def write_figures(workdir, image_size: int = 48) -> dict:
         "receptive_field": figure_receptive_field(figures / "receptive_field.png"),
         "equivariance_error": figure_equivariance(figures / "equivariance.png", image_size),
     }
-    (pathlib.Path(workdir) / "concepts.json").write_text(json.dumps(numbers, indent=2))
+    (pathlib.Path(workdir) / CONCEPTS_FILE).write_text(json.dumps(numbers, indent=2))
     return numbers
 
 
@@ -294,7 +295,7 @@ def main(argv) -> None:
         write_figures(config.workdir, config.image_size)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
-    print(f"figures in {os.path.join(config.workdir, 'figures')}")
+    print(f"figures in {os.path.join(config.workdir, FIGURES_DIR)}")
 
 
 if __name__ == "__main__":

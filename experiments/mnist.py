@@ -1,16 +1,14 @@
 """MNIST: `python -m experiments.mnist --workdir=runs/mnist`.
 
-Any zoo model runs with `--model`; every setting of `common.Experiment` is a flag (`--help`).
+Any zoo model runs with `--model`; every setting of `cnn_jax.run.Experiment` is a flag (`--help`).
 The best-MNIST recipe, 99.63% (RESULTS.md): `--model=cnn3 --epochs=8 --batch_size=128 --augment=crop --crop_padding=2`.
 """
-import functools
+from __future__ import annotations
 
-from absl import app
-
-from experiments import common
+from cnn_jax import run
 
 
-def recipe() -> common.Experiment:
+def recipe() -> run.Experiment:
     """simple_cnn, 3 epochs of Adam with batch 64 under a one-cycle schedule and label smoothing 0.1, 25 steps per
     compiled call.
 
@@ -19,13 +17,12 @@ def recipe() -> common.Experiment:
     and 2: 99.03%, 99.09%) on the idle 2-core Intel Xeon VM (2026-12-06, RESULTS.md):
     `python -m experiments.mnist --workdir=runs/mnist`.
     """
-    return common.Experiment(
+    return run.Experiment(
         model="simple_cnn",
-        data=common.DataConfig("mnist", batch_size=64, eval_batch_size=1000),
-        train=common.TrainConfig(epochs=3, learning_rate=5e-3, optimizer="adam", schedule="onecycle",
-                                 warmup_epochs=0.3, label_smoothing=0.1, steps_per_execution=25))
+        data=run.DataConfig("mnist", batch_size=64, eval_batch_size=1000),
+        train=run.TrainConfig(epochs=3, learning_rate=5e-3, optimizer="adam", schedule="onecycle",
+                              warmup_epochs=0.3, label_smoothing=0.1, steps_per_execution=25))
 
 
 if __name__ == "__main__":
-    common.define_flags(recipe())
-    app.run(functools.partial(common.main, recipe=recipe()))
+    run.main(recipe)

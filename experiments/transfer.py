@@ -21,19 +21,18 @@ CPU (RESULTS.md): `--dataset=cifar10 --image_size=128 --mode=fine_tune --epochs=
 --schedule=warmup_cosine --warmup_epochs=0.25 --test_time_flip`. Every run writes `<workdir>/export/`, so
 `scripts/predict.py --workdir=...` classifies new images.
 """
+from __future__ import annotations
+
 import dataclasses
-import functools
 import os
 from typing import Literal, Optional
 
-from absl import app
-
-from cnn_jax import settings
+from cnn_jax import data, export, pretrained, run, settings
+from cnn_jax import train as engine
 from cnn_jax.settings import bookkeeping
-from experiments import common
+from cnn_jax.workdir_files import FEATURE_EXTRACT_DIR
 
 Mode = Literal["feature_extract", "fine_tune", "two_phase"]
-FEATURE_EXTRACT_DIR = "feature_extract"  # the first phase's workdir inside a two-phase run's
 BACKBONE_RATE_FRACTION = 0.1  # the backbone's default learning rate, as a fraction of the head's
 # BatchNorm momentum of a from-scratch baseline. From random weights the network changes too fast for the 0.99 of
 # TF-ported backbones: after 5 epochs on tf_flowers EfficientNet-Lite0's running statistics gave 25.9% test
@@ -42,7 +41,7 @@ FROM_SCRATCH_BN_MOMENTUM = 0.9
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TransferExperiment(common.Training):
+class TransferExperiment(run.Training):
     """A pretrained backbone adapted to a dataset.
 
     Attributes:
@@ -55,7 +54,8 @@ class TransferExperiment(common.Training):
         --learning_rate (the head's).
       feature_extract_epochs: epochs of the feature-extraction phase of --mode=two_phase
         (--epochs counts the fine-tuning phase).
-      cache_dir: where converted weights are cached; default ~/.cache/cnn_jax.
+      cache_dir: where converted weights are cached; default $CNN_JAX_CACHE_DIR/pretrained
+        (~/.cache/cnn_jax/pretrained).
       from_scratch: train the backbone's architecture from random initialization (the baseline);
         --mode is then ignored, and --normalization applies (a pretrained backbone keeps its own
         input statistics).
@@ -78,9 +78,9 @@ def recipe() -> TransferExperiment:
     (`--mode=fine_tune`, `--from_scratch`).
     """
     return TransferExperiment(
-        data=common.DataConfig("tf_flowers", batch_size=32, eval_batch_size=64),
-        train=common.TrainConfig(epochs=5, learning_rate=1e-3, optimizer="adam", schedule="cosine"),
-        augmentation=common.AugmentConfig(("crop", "flip")))
+        data=run.DataConfig("tf_flowers", batch_size=32, eval_batch_size=64),
+        train=run.TrainConfig(epochs=5, learning_rate=1e-3, optimizer="adam", schedule="cosine"),
+        augmentation=run.AugmentConfig(("crop", "flip")))
 
 
 def _check_modes(config: TransferExperiment) -> None:
@@ -94,25 +94,21 @@ def _check_modes(config: TransferExperiment) -> None:
         raise ValueError(f"--feature_extract_epochs={config.feature_extract_epochs} must be at least 1")
 
 
-def run(config: TransferExperiment) -> dict:
+def train_experiment(config: TransferExperiment) -> dict:
     """Checks the config and loads the backbone's weights, then reads the data and trains (one or two phases)."""
-    from cnn_jax import data, export, pretrained
-    from cnn_jax import train as engine
-
-    common.setup(config.run)
     spec = pretrained.pretrained_spec(config.backbone)
     _check_modes(config)
-    common.check_batch_sizes(config.data)
+    run.check_batch_sizes(config.data)
     size = config.data.image_size or (spec.image_size, spec.image_size)
     config = settings.replace(config, image_size=size)  # the size in force, which visualize.py reads back
     image_shape = (*size, 3)
     kwargs = dict(spec.model_kwargs)
-    with common.claim(config, config.run.workdir) as record:
+    with run.claim(config, config.run.workdir) as record:
         if config.from_scratch:
             dataset = _load(config)
-            scratch = common.normalized(config, dataset, config.run.workdir,
-                                        {**kwargs, "bn_momentum": FROM_SCRATCH_BN_MOMENTUM})
-            return common.train(config, dataset, spec.model, scratch, record)
+            scratch = run.normalized(config, dataset, config.run.workdir,
+                                     {**kwargs, "bn_momentum": FROM_SCRATCH_BN_MOMENTUM})
+            return run.train_model(config, dataset, spec.model, scratch, record)
         _, variables = pretrained.load_pretrained(config.backbone, cache_dir=config.cache_dir)
         model = spec.build()
         backbone_rate = config.backbone_learning_rate or BACKBONE_RATE_FRACTION * config.train.learning_rate
@@ -122,17 +118,15 @@ def run(config: TransferExperiment) -> dict:
         if config.mode == "two_phase":
             first = os.path.join(config.run.workdir, FEATURE_EXTRACT_DIR)
             first_config = settings.replace(config, epochs=config.feature_extract_epochs)
-            with common.claim(first_config, first) as first_record:
-                common.train(first_config, dataset, spec.model, kwargs, first_record, workdir=first,
-                             fine_tuning=engine.fine_tuning(model, image_shape, variables, 0))
+            with run.claim(first_config, first) as first_record:
+                run.train_model(first_config, dataset, spec.model, kwargs, first_record, workdir=first,
+                                fine_tuning=engine.fine_tuning(model, image_shape, variables, 0))
             _, trained, _ = export.load_export(first)
             tuning = dataclasses.replace(tuning, variables=trained)
-        return common.train(config, dataset, spec.model, kwargs, record, fine_tuning=tuning)
+        return run.train_model(config, dataset, spec.model, kwargs, record, fine_tuning=tuning)
 
 
 def _load(config: TransferExperiment):
-    from cnn_jax import data
-
     dataset = data.load(config.data)
     channels = dataset.info.image_shape[-1]
     if channels != 3:
@@ -142,5 +136,4 @@ def _load(config: TransferExperiment):
 
 
 if __name__ == "__main__":
-    common.define_flags(recipe())
-    app.run(functools.partial(common.main, recipe=recipe(), run_experiment=run))
+    run.main(recipe, train_experiment)

@@ -15,11 +15,14 @@ from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data: quiet its logs.
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 
-from cnn_jax import cli  # noqa: E402
-
-GALLERY_DIR = "gallery"
+from cnn_jax import cli, data, export  # noqa: E402
+from cnn_jax.interpret.gallery import write_gallery  # noqa: E402
+from cnn_jax.workdir_files import GALLERY_DIR, SETTINGS_FILE  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +57,7 @@ class Visualize:
 
 def test_images(workdir: str, meta, num_images: int, data_dir=None):
     """The first ``num_images`` test images and labels of the dataset the run in ``workdir`` trained on."""
-    from cnn_jax import data
-
-    path = os.path.join(workdir, "flags.json")
+    path = os.path.join(workdir, SETTINGS_FILE)
     try:
         with open(path, encoding="utf-8") as file:
             run_flags = json.load(file)
@@ -77,11 +78,6 @@ def test_images(workdir: str, meta, num_images: int, data_dir=None):
 
 def image_files(paths, model, variables, meta):
     """The files as a batch, labelled with the model's own predictions (their true class is unknown)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from cnn_jax import data
-
     images = np.stack([data.read_image(p, meta.image_size, meta.image_shape[2]) for p in paths]) / np.float32(255)
     return images, np.asarray(jnp.argmax(model.apply(variables, images), axis=-1))
 
@@ -89,12 +85,6 @@ def image_files(paths, model, variables, meta):
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import jax
-
-    from cnn_jax import export
-    from cnn_jax.data import DatasetUnavailableError
-    from cnn_jax.interpret.gallery import write_gallery
-
     try:
         config = cli.parse(Visualize())
         model, variables, meta = export.load_export(config.workdir)
@@ -107,7 +97,7 @@ def main(argv) -> None:
                               layer=config.layer, smoothgrad_samples=config.smoothgrad_samples,
                               ig_steps=config.ig_steps, visualization_steps=config.visualization_steps,
                               title=f"What {meta.model_name} looks at ({config.workdir})")
-    except (ValueError, DatasetUnavailableError) as error:  # each says what to fix
+    except (ValueError, data.DatasetUnavailableError) as error:  # each says what to fix
         sys.exit(f"error: {error}")
     print(f"gallery of {len(labels)} images: {index}")
 

@@ -13,7 +13,7 @@ from typing import Optional
 from absl import app
 from absl import logging as absl_logging
 
-from cnn_jax import cli
+from cnn_jax import cli, ops, pretrained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Conversion:
       model: pretrained weights to convert (see cnn_jax.pretrained.list_pretrained).
       source: the weights file (.pth, .safetensors, or .h5/.keras for *_keras); default: the
         published file where its publisher installs it.
-      cache_dir: cache directory (default ~/.cache/cnn_jax).
+      cache_dir: cache directory (default $CNN_JAX_CACHE_DIR/pretrained, ~/.cache/cnn_jax/pretrained).
     """
     model: Optional[str] = None
     source: Optional[str] = None
@@ -35,8 +35,6 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # quiets orbax's per-save INFO lines
-    from cnn_jax import ops, pretrained
-
     config = cli.parse(Conversion())
     try:
         _, variables = pretrained.load_pretrained(config.model, config.source, config.cache_dir)

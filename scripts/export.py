@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, logging  # noqa: E402
 
-from cnn_jax import cli  # noqa: E402
+from cnn_jax import cli, data, export  # noqa: E402
+from cnn_jax.workdir_files import SETTINGS_FILE  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,25 +50,22 @@ def define_flags() -> None:
 
 def calibration_images(settings: ExportSettings, meta):
     """``calibration_examples`` training images of the run's dataset, resized to the model's input."""
-    from cnn_jax import data
-    from cnn_jax.export import ExportError
-
     dataset = settings.calibration_dataset
     if dataset is None:
         try:
-            with open(os.path.join(settings.workdir, "flags.json"), encoding="utf-8") as file:
+            with open(os.path.join(settings.workdir, SETTINGS_FILE), encoding="utf-8") as file:
                 dataset = json.load(file).get("dataset")
         except (OSError, ValueError):
             dataset = None
     if not dataset:
-        raise ExportError(f"the int8 TFLite variant is calibrated on training images, and {settings.workdir} "
+        raise export.ExportError(f"the int8 TFLite variant is calibrated on training images, and {settings.workdir} "
                           "records no dataset: pass --calibration_dataset=NAME_OR_FOLDER")
     config = data.DataConfig(dataset, data_dir=settings.data_dir, image_size=meta.image_size,
                              batch_size=settings.calibration_examples,
                              num_train_examples=settings.calibration_examples)
     images = next(iter(data.load(config).train_batches(0)))["image"]
     if images.shape[1:] != meta.image_shape:
-        raise ExportError(f"calibration dataset {dataset} has images of shape {images.shape[1:]}, the model "
+        raise export.ExportError(f"calibration dataset {dataset} has images of shape {images.shape[1:]}, the model "
                           f"takes {meta.image_shape}")
     return images
 
@@ -77,8 +75,6 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: everything is given by flags")
     settings = cli.parse(ExportSettings())
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every asset at INFO
-    from cnn_jax import data, export
-
     try:
         for fmt in settings.format:
             export.check_format(fmt, settings.tflite_variant)

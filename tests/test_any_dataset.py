@@ -14,7 +14,9 @@ import pytest
 from test_experiments import ROOT, experiment, run
 
 from cnn_jax import data, export, settings
-from experiments import common, mnist
+from cnn_jax.run import workdir as workdir_lib
+from cnn_jax.workdir_files import NORMALIZATION_FILE, RESULTS_FILE
+from experiments import mnist
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from make_digits_folder import write_digits_folder  # noqa: E402
@@ -47,7 +49,7 @@ def test_a_from_scratch_run_on_a_fourth_dataset_normalizes_by_its_own_statistics
                           "--warmup_epochs=0.5", "--test_time_flip=false", "--augment=", "--log_every_steps=20",
                           "--compilation_cache_dir="))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stats = json.loads((workdir / "normalization.json").read_text())
+    stats = json.loads((workdir / NORMALIZATION_FILE).read_text())
     everything = np.stack([np.asarray(__import__("PIL.Image").Image.open(os.path.join(d, f)).convert("RGB"))
                            for d, _, files in os.walk(folder) for f in files]) / 255.0
     assert stats["images"] == 1438  # the 80% train split: fewer than 10,000, so all of them
@@ -56,16 +58,14 @@ def test_a_from_scratch_run_on_a_fourth_dataset_normalizes_by_its_own_statistics
     _, _, meta = export.load_export(str(workdir))
     assert tuple(meta.model_kwargs["mean"]) == tuple(stats["mean"])  # pinned into the export
     assert abs(stats["mean"][0] - 0.1307) > 0.1  # not MNIST's constants, which simple_cnn carries
-    results = json.loads((workdir / "results.json").read_text())
+    results = json.loads((workdir / RESULTS_FILE).read_text())
     assert results["flags"]["normalization"] == "data" and results["test_accuracy"] > 0.6
 
 
 def test_a_record_from_before_normalization_existed_reads_as_the_model_constants(tmp_path):
-    from cnn_jax.train import workdir as workdir_lib
-
     old = settings.replace(mnist.recipe(), workdir=str(tmp_path), normalization="model")
     record = {k: v for k, v in settings.flatten(old).items() if k != "normalization"}  # an older record
     workdir_lib.write_settings(str(tmp_path), record)
-    common.check_workdir(old, str(tmp_path))  # --normalization=model reproduces it
+    workdir_lib.check_workdir(old, str(tmp_path))  # --normalization=model reproduces it
     with pytest.raises(workdir_lib.SettingsChanged, match="normalization: 'model' then, 'data' now"):
-        common.check_workdir(settings.replace(old, normalization="data"), str(tmp_path))
+        workdir_lib.check_workdir(settings.replace(old, normalization="data"), str(tmp_path))

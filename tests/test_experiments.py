@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pytest
 
+from cnn_jax import workdir_files as files
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("TFDS_DATA_DIR") or os.path.join(
     os.path.dirname(ROOT), "shared", "tensorflow_datasets")
@@ -80,18 +82,19 @@ def run(command: list[str], timeout: int = 240, **env_vars: str) -> subprocess.C
 
 def check_workdir(workdir, epochs: int, flags: dict) -> dict:
     """The files every run leaves, and that they agree with each other; returns results.json."""
-    for path in ("flags.json", "results.json", "metrics.jsonl", "checkpoints", "tensorboard",
-                 "figures/training_curves.png", "figures/confusion_matrix.png",
-                 "figures/per_class_accuracy.png", "figures/predictions.png"):
+    figures = [f"{files.FIGURES_DIR}/{name}.png"
+               for name in ("training_curves", "confusion_matrix", "per_class_accuracy", "predictions")]
+    for path in (files.SETTINGS_FILE, files.RESULTS_FILE, files.METRICS_FILE, files.CHECKPOINTS_DIR,
+                 files.TENSORBOARD_DIR, files.EXPORT_DIR, *figures):
         assert (workdir / path).exists(), path
-    with open(workdir / "results.json") as f:
+    with open(workdir / files.RESULTS_FILE) as f:
         results = json.load(f)
     assert {"test_accuracy", "per_class_accuracy", "wall_time_s", "train_images_per_sec",
             "flags"} <= results.keys()
     assert 0.0 <= results["test_accuracy"] <= 1.0 and len(results["per_class_accuracy"]) == 10
     assert results["wall_time_s"] > 0 and results["train_images_per_sec"] > 0
     assert {k: results["flags"][k] for k in flags} == flags
-    with open(workdir / "metrics.jsonl") as f:
+    with open(workdir / files.METRICS_FILE) as f:
         records = [json.loads(line) for line in f]
     assert [r["epoch"] for r in records if r["kind"] == "eval"] == list(range(1, epochs + 1))
     assert results["test_accuracy"] == records[-1]["test_accuracy"]
@@ -147,14 +150,14 @@ def test_killed_run_resumes_with_the_same_command(tmp_path):
                 break
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (workdir / "results.json").exists()
+    assert not (workdir / files.RESULTS_FILE).exists()
 
     # Resumed, then killed again as soon as results.json exists: during the export that follows it.
     with subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) as proc:
         for line in proc.stderr:
             if "resuming from step" in line:
                 break
-        while proc.poll() is None and not (workdir / "results.json").exists():
+        while proc.poll() is None and not (workdir / files.RESULTS_FILE).exists():
             time.sleep(0.01)
         proc.kill()
         proc.wait(timeout=60)
@@ -165,7 +168,7 @@ def test_killed_run_resumes_with_the_same_command(tmp_path):
 
     export.load_export(str(workdir))  # complete, whatever the kill cut short
     check_workdir(workdir, 4, {"epochs": 4})
-    with open(workdir / "metrics.jsonl") as f:
+    with open(workdir / files.METRICS_FILE) as f:
         records = [json.loads(line) for line in f]
     steps = [(r["kind"], r["step"]) for r in records]
     assert len(steps) == len(set(steps)) and steps[-1] == ("eval", 80)
@@ -174,7 +177,7 @@ def test_killed_run_resumes_with_the_same_command(tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
     straight = run([part.replace(str(workdir), str(uninterrupted)) for part in command])
     assert straight.returncode == 0, straight.stderr[-3000:]
-    with open(uninterrupted / "metrics.jsonl") as f:
+    with open(uninterrupted / files.METRICS_FILE) as f:
         expected = [json.loads(line) for line in f]
     evaluations = lambda rs: [{k: v for k, v in r.items() if k.startswith("test_")} for r in rs if r["kind"] == "eval"]
     assert evaluations(records) == evaluations(expected)

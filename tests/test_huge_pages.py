@@ -20,7 +20,11 @@ def test_environment_adds_the_tunable_once_and_keeps_other_tunables():
     env = huge_pages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/h"})
     assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{huge_pages.TUNABLE}" and env["HOME"] == "/h"
     assert huge_pages.environment(env) is None  # already set: nothing to do, no second re-execution
-    assert huge_pages.environment({huge_pages.SWITCH: "0"}) is None
+
+
+@pytest.mark.parametrize("tunables", ["glibc.malloc.hugetlb=0", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2"])
+def test_a_hugetlb_the_user_set_is_kept(tunables):
+    assert huge_pages.environment({"GLIBC_TUNABLES": tunables}) is None  # never =1 appended over it
 
 
 def test_reexec_runs_the_same_command_with_the_tunable(monkeypatch):
@@ -28,7 +32,6 @@ def test_reexec_runs_the_same_command_with_the_tunable(monkeypatch):
     monkeypatch.setattr(huge_pages.os, "execve", lambda *args: calls.append(args))
     monkeypatch.setattr(huge_pages.sys, "orig_argv", ["python3", "-m", "experiments.mnist", "--epochs=1"])
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.delenv(huge_pages.SWITCH, raising=False)
     huge_pages.reexec()
     if not SUPPORTED:
         assert calls == []
@@ -65,4 +68,4 @@ def test_the_tunable_spares_xla_temporaries_most_page_faults():
 
 
 def _base_env() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", huge_pages.SWITCH)}
+    return {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}

@@ -120,9 +120,9 @@ def test_bad_multiprocess_input_is_one_clear_error_line(tmp_path, data_dir, flag
 
 def test_a_global_batch_not_divisible_by_the_processes_is_one_clear_error(tmp_path, data_dir):
     outcomes = _finish(_start(_processes(tmp_path, data_dir, "--batch_size=15")), timeout=120)
-    for code, _, err in outcomes:  # refused before joining, so neither waits for (or races) the other
+    for code, _, err in outcomes:  # each refuses it at the same point, before any data, and leaves without waiting
         assert code == 1, err[-3000:]
-        assert "--batch_size 15 is not divisible by the 2 processes of --num_processes: use a multiple of 2" in err
+        assert "--batch_size 15 is not divisible by the 2 devices of 2 processes: use a multiple of 2" in err
 
 
 def _kill_when(procs, victim: int, line_part: str, timeout=180):

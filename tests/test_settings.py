@@ -178,15 +178,16 @@ def test_every_test_the_readme_cites_exists():
 
 
 def test_every_entry_point_declares_its_flags_through_cnn_jax_cli():
-    """One way to declare flags: experiments and scripts define them from a settings dataclass, never with
-    argparse or absl's DEFINE_* by hand."""
-    entry_points = [os.path.join(folder, name) for folder in ("experiments", "scripts")
+    """One way to declare flags: experiments and scripts define them from a settings dataclass (a recipe's through
+    `cnn_jax.run.main`), never with argparse or absl's DEFINE_* by hand."""
+    entry_points = [os.path.join(folder, name) for folder in ("experiments", "scripts", "benchmarks")
+                    if os.path.isdir(os.path.join(ROOT, folder))
                     for name in sorted(os.listdir(os.path.join(ROOT, folder))) if name.endswith(".py")]
     with_flags = []
     for path in entry_points:
         with open(os.path.join(ROOT, path), encoding="utf-8") as f:
             source = f.read()
         assert not re.search(r"\bimport argparse\b|flags\.DEFINE_\w+\(", source), path
-        if "define_flags(" in source:
+        if "define_flags(" in source or "run.main(recipe" in source:
             with_flags.append(path)
     assert len(with_flags) >= 15, with_flags

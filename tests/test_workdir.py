@@ -1,6 +1,8 @@
-"""Tests of cnn_jax.train.workdir (the lock and the recorded settings) and cnn_jax.files (durable writes, file keys)."""
+"""Tests of cnn_jax.run.lock and cnn_jax.run.workdir (the lock and the recorded settings) and cnn_jax.files (durable
+writes, file keys)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,30 +12,43 @@ import sys
 
 import pytest
 
-from cnn_jax import files
-from cnn_jax.train import workdir as workdir_lib
-from cnn_jax.train.workdir import SettingsChanged, WorkdirBusy
+from cnn_jax import files, run, settings
+from cnn_jax.run import workdir as workdir_lib
+from cnn_jax.run import lock
+from cnn_jax.run.lock import WorkdirBusy
+from cnn_jax.run.workdir import SettingsChanged
+from cnn_jax.workdir_files import LOCK_FILE, SETTINGS_FILE
 
 RECORD = {"learning_rate": 0.1, "epochs": 2, "log_every_steps": 100, "workdir": "w"}
 IDENTITY = {"learning_rate": 0.1, "epochs": 2}
-
-
-import contextlib
+CONFIG = run.Experiment(model="simple_cnn", data=run.DataConfig("mnist", batch_size=8))
 
 
 @contextlib.contextmanager
 def claim(path, record=RECORD, identity=IDENTITY, absent=(), **kwargs):
-    """A claim as a training run makes it: checked, then recorded when training starts."""
-    with workdir_lib.claim(str(path), record, identity, dict(absent), **kwargs) as kept:
+    """A claim as a training run makes it, of the given settings: checked, then recorded when training starts."""
+    workdir_lib.make_workdir(str(path))
+    with lock.locked(str(path)):
+        kept = workdir_lib.check_settings(str(path), record, identity, dict(absent), **kwargs)
         workdir_lib.write_settings(str(path), kept)
         yield kept
 
 
 def test_a_start_that_fails_before_training_leaves_no_record(tmp_path):
     with pytest.raises(RuntimeError):
-        with workdir_lib.claim(str(tmp_path), RECORD, IDENTITY, {}):
+        with run.claim(CONFIG, str(tmp_path)):
             raise RuntimeError("the dataset name was misspelt")
-    assert not (tmp_path / "flags.json").exists() and not (tmp_path / ".lock").exists()
+    assert not (tmp_path / SETTINGS_FILE).exists() and not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_claimed_config_refuses_a_rerun_that_changes_its_result(tmp_path):
+    with run.claim(CONFIG, str(tmp_path)) as record:
+        run.write_settings(str(tmp_path), record)
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["learning_rate"] == CONFIG.train.learning_rate
+    with run.claim(settings.replace(CONFIG, log_every_steps=7), str(tmp_path)) as record:  # bookkeeping
+        assert record["log_every_steps"] == 7
+    with pytest.raises(SettingsChanged, match="learning_rate: 0.1 then, 0.5 now"):
+        run.check_workdir(settings.replace(CONFIG, learning_rate=0.5), str(tmp_path))
 
 
 def test_a_second_run_is_refused_with_the_holder_named_while_the_first_holds_the_lock(tmp_path):
@@ -52,7 +67,7 @@ def test_a_lock_left_by_a_dead_process_of_this_host_is_taken_over_and_said(tmp_p
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
     (tmp_path / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "then"}))
-    with caplog.at_level(logging.WARNING, logger="cnn_jax.train.workdir"):
+    with caplog.at_level(logging.WARNING, logger="cnn_jax.run.lock"):
         with claim(tmp_path):
             assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     assert f"taking over the lock of process {pid} on host" in caplog.text

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cnn_jax import caches
 from cnn_jax.pretrained.catalog import PretrainedSpec, check_sha256, pretrained_spec, sha256
 from cnn_jax.pretrained.errors import PretrainedError, WeightsNotFoundError
 from cnn_jax.pretrained.keras_source import keras_weights, load_keras_application
@@ -27,7 +28,7 @@ from cnn_jax.pretrained.torch_file import parse_torch_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = "~/.cache/cnn_jax"
+DEFAULT_CACHE_DIR = caches.cache_dir("pretrained")
 PathLike = Union[str, os.PathLike]
 
 

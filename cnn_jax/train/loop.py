@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from cnn_jax import evaluation, freed_memory
+from cnn_jax import evaluation, workdir_files
 from cnn_jax.data import prefetch_to_device, process_eval_batches, process_train_batches
 from cnn_jax.train import sharding as sharding_lib
 from cnn_jax.train.checkpoint import Checkpointer
@@ -102,7 +102,6 @@ def train_and_evaluate(model: nn.Module, dataset, config: TrainConfig, workdir: 
       Preempted: after SIGTERM (or Ctrl-C), once the next step's checkpoint is saved.
     """
     start_time = time.time() if start_time is None else start_time
-    freed_memory.release_after_compiles()  # the compilers' freed heap back to the OS before each first run
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding_lib.make_mesh()
     run = _Run(model, dataset, config, workdir, mesh, augment, fine_tuning, start_time)
@@ -181,8 +180,8 @@ class _Run:
                                        info.image_shape, config.seed, on_all, ema_decay=config.ema_decay)
         else:
             state = fine_tuning.train_state(model, config, self.steps_per_epoch, info.image_shape, on_all)
-        self.checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-        self.best = Checkpointer(os.path.join(workdir, "best"), 1) if info.num_validation else None
+        self.checkpoints = Checkpointer(os.path.join(workdir, workdir_files.CHECKPOINTS_DIR), config.keep_checkpoints)
+        self.best = Checkpointer(os.path.join(workdir, workdir_files.BEST_DIR), 1) if info.num_validation else None
         restored = self.checkpoints.restore(state)
         if restored is not None:
             state = restored
