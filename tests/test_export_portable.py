@@ -265,6 +265,10 @@ def test_bad_input_gets_one_error_line(exported, tmp_path):
         (corrupt / "export" / name).write_bytes((pathlib.Path(exported) / "export" / name).read_bytes())
     (corrupt / "export" / "model.onnx").write_bytes(b"\x08\x07garbage")
     (corrupt / "export" / "model_float32.tflite").write_bytes(b"TFL3 truncated")
+    meta = json.loads((corrupt / "export" / "meta.json").read_text())  # their sums recorded: corrupt when written
+    meta["sha256"].update({name: export.meta.digest(str(corrupt / "export" / name))
+                           for name in ("model.onnx", "model_float32.tflite")})
+    (corrupt / "export" / "meta.json").write_text(json.dumps(meta))
     image = os.path.join(ROOT, "tests", "test_export_portable.py")  # any path: the errors come before reading
     cases = [
         (["scripts/export.py", f"--workdir={exported}", "--format=tflite,coreml"],

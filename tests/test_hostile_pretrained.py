@@ -9,6 +9,7 @@ import builtins
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tracemalloc
@@ -39,16 +40,17 @@ def _ints(values) -> bytes:
     return b"(" + b"".join(_int(v) for v in values) + b"t"  # MARK ... TUPLE
 
 
-def _state_pickle(tensors: dict, numels: dict) -> bytes:
+def _state_pickle(tensors: dict, numels: dict, legacy: bool = False) -> bytes:
     """The pickle ``torch.save`` writes for a state dict of float32 tensors: {name: _rebuild_tensor_v2(storage,
     offset, shape, stride, False)}, each storage a persistent id ("storage", torch.FloatStorage, key, "cpu", numel).
-    ``tensors`` maps a name (any pickled value) to (storage key, offset, shape, stride)."""
+    ``tensors`` maps a name (any pickled value) to (storage key, offset, shape, stride). The legacy layout's
+    persistent ids end with a view (None)."""
     out = bytearray(b"\x80\x02}(")  # PROTO 2, EMPTY_DICT, MARK
     for name, (key, offset, shape, stride) in tensors.items():
         out += _unicode(name) if isinstance(name, str) else _int(name)
         out += b"ctorch._utils\n_rebuild_tensor_v2\n("  # GLOBAL, MARK of its arguments
         out += b"(" + _unicode("storage") + b"ctorch\nFloatStorage\n" + _unicode(key) + _unicode("cpu")
-        out += _int(numels[key]) + b"tQ"  # TUPLE, BINPERSID
+        out += _int(numels[key]) + (b"N" if legacy else b"") + b"tQ"  # TUPLE, BINPERSID
         out += _int(offset) + _ints(shape) + _ints(stride) + b"\x89tR"  # False, TUPLE, REDUCE
     return bytes(out + b"u.")  # SETITEMS, STOP
 
@@ -100,6 +102,24 @@ def test_a_small_archive_cannot_inflate_to_many_times_its_size(tmp_path):
     peak = _peak_bytes(lambda: pretrained.read_state_dict(path), pretrained.CorruptWeightsError,
                        r"bomb.pth: its storages inflate to more than 2x the file's")
     assert peak < 2 * MiB  # refused before the storage is inflated
+
+
+def test_a_pickle_longer_than_any_state_dict_needs_is_refused(tmp_path):
+    """Each pickled byte can make a Python object of ~50 bytes: the pickle is bounded, in both layouts."""
+    from cnn_jax.pretrained.torch_file import LEGACY_MAGIC, LEGACY_PROTOCOL, MAX_PICKLE_BYTES
+
+    huge = {f"w{i}": ("0", 0, (2,), (1,)) for i in range(MAX_PICKLE_BYTES // 100)}
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(b"".join(pickle.dumps(x, protocol=2) for x in (LEGACY_MAGIC, LEGACY_PROTOCOL,
+                                                                       {"little_endian": True}))
+                       + _state_pickle(huge, {"0": 2}, legacy=True))
+    with pytest.raises(pretrained.CorruptWeightsError, match=r"legacy.pth: its pickle is longer than 4,194,304 bytes"):
+        pretrained.read_state_dict(legacy)
+    archive = tmp_path / "zip.pth"
+    _torch_zip(archive, huge, {"0": [1.0, 2.0]}, compression=zipfile.ZIP_DEFLATED)
+    with pytest.raises(pretrained.CorruptWeightsError, match=r"zip.pth: its archive/data.pkl would inflate to .* "
+                                                             r"far more than a state dict's pickle needs"):
+        pretrained.read_state_dict(archive)
 
 
 def test_a_state_dict_with_non_string_keys_is_refused(tmp_path):
@@ -221,6 +241,23 @@ def test_hdf5_that_reads_other_files_is_refused_before_keras_opens_it(tmp_path, 
     with pytest.raises(pretrained.UnsafeWeightsError, match=r"model.keras \(its model.weights.h5\): .*" + message):
         pretrained.load_pretrained("resnet50_keras", source=archive, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache" / "resnet50_keras" / "source.json").exists()
+
+
+def test_hdf5_or_keras_archives_that_inflate_far_beyond_their_size_are_refused(tmp_path):
+    """Keras reads each dataset whole: 64 MiB of gzipped zeros in a file of ~100 KB would be inflated."""
+    h5py = pytest.importorskip("h5py", reason="h5py (it comes with Keras) is not installed")
+    path = tmp_path / "bomb.h5"
+    with h5py.File(path, "w") as file:
+        file.create_dataset("conv1/kernel", data=np.zeros(64 * MiB, np.uint8), chunks=(MiB,), compression="gzip")
+    assert path.stat().st_size < MiB
+    peak = _peak_bytes(lambda: pretrained.convert_keras("resnet50_keras", path), pretrained.UnsafeWeightsError,
+                       r"bomb.h5: its dataset /conv1/kernel would make its datasets inflate to more than 2x the file's")
+    assert peak < 8 * MiB
+    archive = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("model.weights.h5", bytes(64 * MiB))
+    with pytest.raises(pretrained.UnsafeWeightsError, match=r"bomb.keras: its members would inflate to more than 2x"):
+        pretrained.convert_keras("resnet50_keras", archive)
 
 
 def test_self_contained_hdf5_passes_the_check(tmp_path, secret):

@@ -9,7 +9,8 @@ HDF5 can make a file read other files: a dataset's storage can be ``external`` (
 be an ``ExternalLink`` into another HDF5 file, and a ``virtual`` dataset maps other files' datasets; a filter that
 HDF5 does not build in is loaded as a plugin library. Any of these, in the file or in an ``.h5`` inside a
 ``.keras`` archive, is refused before Keras opens it (``check_hdf5``); otherwise another file's bytes (a secret)
-could become weights, then a cache entry and a shared export. Keras then reads a private copy of the checked
+could become weights, then a cache entry and a shared export. So are datasets, and ``.keras`` members, that would
+inflate to more than ``MAX_INFLATION`` times the file (Keras reads each dataset whole). Keras then reads a private copy of the checked
 bytes, so what it loads is what was checked (and hashed).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from cnn_jax.pretrained.errors import CorruptWeightsError, UnsafeWeightsError
+from cnn_jax.pretrained.torch_file import MAX_INFLATION
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Filters HDF5 and h5py build in (deflate, shuffle, fletcher32, szip, nbit, scale-offset, h5py's LZF); any other
@@ -60,8 +62,8 @@ def _dataset_problem(dataset) -> Optional[str]:
 
 def check_hdf5(data: bytes, what: str) -> None:
     """Raises UnsafeWeightsError when the HDF5 file ``data`` (named ``what`` in messages) has an external link, a
-    dataset with external storage, a virtual dataset or a filter that is not built in; CorruptWeightsError when it
-    is not HDF5."""
+    dataset with external storage, a virtual dataset, a filter that is not built in, or datasets that inflate to
+    more than ``MAX_INFLATION`` times the file; CorruptWeightsError when it is not HDF5."""
     import h5py
 
     # h5py's visitors stop at the first callback that returns something other than None: the problem found.
@@ -70,9 +72,16 @@ def check_hdf5(data: bytes, what: str) -> None:
             return f"/{name} is a link into another file ({link.filename}:{link.path})"
         return None
 
+    budget = [MAX_INFLATION * len(data)]  # bytes the datasets may still hold
+
     def object_problem(name: str, node) -> Optional[str]:
-        problem = _dataset_problem(node) if isinstance(node, h5py.Dataset) else None
-        return problem and f"its dataset /{name} {problem}"
+        if not isinstance(node, h5py.Dataset):
+            return None
+        budget[0] -= node.size * node.dtype.itemsize
+        problem = _dataset_problem(node)
+        if problem is None and budget[0] < 0:
+            problem = f"would make its datasets inflate to more than {MAX_INFLATION}x the file's {len(data):,} bytes"
+        return None if problem is None else f"its dataset /{name} {problem}"
 
     try:
         handle = h5py.File(io.BytesIO(data), "r")
@@ -83,15 +92,17 @@ def check_hdf5(data: bytes, what: str) -> None:
         # Every link, recursing through groups by hard links only; then every object those reach, each once.
         problem = handle.visititems_links(link_problem) or handle.visititems(object_problem)
     if problem:
-        raise UnsafeWeightsError(f"{what}: {problem}. A weights file holds its own tensors, and this would make "
-                                 "loading read other files (or load a library), so it is refused: save the weights "
-                                 "again with Keras (gzip or no compression)")
+        raise UnsafeWeightsError(f"{what}: {problem}. A weights file holds its own tensors, stored plainly or "
+                                 "gzip-compressed, so it is refused: save the weights again with Keras")
 
 
 def check_keras_file(data: bytes, path: str) -> None:
     """``check_hdf5`` on a Keras weights file: an ``.h5`` itself, or each ``.h5`` inside a ``.keras`` zip."""
     if zipfile.is_zipfile(io.BytesIO(data)):
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            if sum(info.file_size for info in archive.infolist()) > MAX_INFLATION * len(data):
+                raise UnsafeWeightsError(f"{path}: its members would inflate to more than {MAX_INFLATION}x the file's "
+                                         f"{len(data):,} bytes, which weights never do; it is refused (a zip bomb?)")
             for name in archive.namelist():
                 if name.endswith(".h5"):
                     check_hdf5(archive.read(name), f"{path} (its {name})")

@@ -23,7 +23,8 @@ DTYPES = {
 }
 
 
-MAX_HEADER_BYTES = 100 << 20  # the format's own limit on the JSON header
+# The format allows 100 MB; a few hundred tensors need ~50 KB, and parsed JSON takes up to ~20x its bytes in memory.
+MAX_HEADER_BYTES = 4 << 20
 
 
 def _integers(value, what: str, name: str, count=None) -> tuple[int, ...]:
@@ -87,8 +88,9 @@ def parse_safetensors(data: bytes, path: str) -> Dict[str, np.ndarray]:
     parsed."""
     size = int.from_bytes(data[:8], "little")
     if len(data) < 8 or 8 + size > len(data) or size > MAX_HEADER_BYTES:
-        raise CorruptWeightsError(f"cannot load {path}: its header length {size} exceeds the file's {len(data)} "
-                                  f"bytes or the format's {MAX_HEADER_BYTES}; it is truncated or not a .safetensors file")
+        raise CorruptWeightsError(f"cannot load {path}: its header length {size:,} exceeds the file's {len(data):,} "
+                                  f"bytes or the {MAX_HEADER_BYTES:,} a weights file needs; it is truncated, crafted or "
+                                  "not a .safetensors file")
     try:
         header = json.loads(data[8:8 + size], parse_constant=_no_constant)
         if not isinstance(header, dict):

@@ -120,9 +120,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._load_storage(pid)
 
 
-def _plain_load(file: BinaryIO) -> Any:
-    """A pickle of plain values (no globals, no storages), as the legacy header pickles are."""
-    return _RestrictedUnpickler(file, lambda pid: None).load()
+def _unpickle(file: io.BytesIO, load_storage: Callable[[tuple], _Storage] = lambda pid: None) -> Any:
+    """The pickle at ``file``'s position, read from at most ``MAX_PICKLE_BYTES`` (each pickled byte can make a
+    Python object of ~50 bytes, so the bound is on memory too); the position moves past it. Without
+    ``load_storage``, a pickle of plain values, as the legacy header pickles are."""
+    start = file.tell()
+    window = io.BytesIO(file.getbuffer()[start:start + MAX_PICKLE_BYTES])
+    try:
+        value = _RestrictedUnpickler(window, load_storage).load()
+    except (EOFError, pickle.UnpicklingError):
+        if len(window.getbuffer()) == MAX_PICKLE_BYTES:
+            raise CorruptWeightsError(f"its pickle is longer than {MAX_PICKLE_BYTES:,} bytes, far more than a state "
+                                      "dict's needs: the file is corrupt or crafted") from None
+        raise
+    file.seek(start + window.tell())
+    return value
 
 
 def _read_zip(data: bytes) -> Any:
@@ -154,11 +166,11 @@ def _read_zip(data: bytes) -> Any:
             return storages[key]
 
         _check_member_size(archive, pickles[0], None)
-        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), load_storage).load()
+        return _unpickle(io.BytesIO(archive.read(pickles[0])), load_storage)
 
 
 MAX_INFLATION = 2  # torch.save stores storages uncompressed (1x); a re-zipped file's float weights deflate ~1.1x
-MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle names its tensors; even ImageNet models need well under 1 MiB
+MAX_PICKLE_BYTES = 4 << 20  # a state dict's pickle names its tensors: ImageNet models' need under 100 KB
 
 
 def _check_member_size(archive: zipfile.ZipFile, name: str, expected: Optional[int]) -> None:
@@ -177,11 +189,11 @@ def _check_member_size(archive: zipfile.ZipFile, name: str, expected: Optional[i
 
 def _read_legacy(data: bytes) -> Any:
     with io.BytesIO(data) as file:
-        if _plain_load(file) != LEGACY_MAGIC:
+        if _unpickle(file) != LEGACY_MAGIC:
             raise CorruptWeightsError("it is neither a torch.save zip archive nor a legacy torch.save file")
-        if _plain_load(file) != LEGACY_PROTOCOL:
+        if _unpickle(file) != LEGACY_PROTOCOL:
             raise CorruptWeightsError(f"unsupported legacy torch.save protocol (expected {LEGACY_PROTOCOL})")
-        if not _plain_load(file).get("little_endian", True):
+        if not _unpickle(file).get("little_endian", True):
             raise CorruptWeightsError("it was saved big-endian, which is not supported; re-save it on a "
                                       "little-endian machine")
         storages: Dict[str, _Storage] = {}
@@ -193,8 +205,8 @@ def _read_legacy(data: bytes) -> Any:
                                           "re-save the state dict with a current torch.save")
             return storages.setdefault(key, _Storage(storage_type.dtype, int(numel)))
 
-        state = _RestrictedUnpickler(file, load_storage).load()
-        for key in _plain_load(file):
+        state = _unpickle(file, load_storage)
+        for key in _unpickle(file):
             storage = storages[key]
             count = int.from_bytes(file.read(8), "little")
             if count != storage.numel:
