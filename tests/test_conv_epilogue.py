@@ -1,5 +1,6 @@
 """The fused inference convolution (``ops.conv2d_epilogue``: conv, per-channel scale and shift, residual add and
-activation in one oneDNN kernel) against the same function written as XLA ops; and ``ConvBN``'s evaluation on it.
+activation in one oneDNN kernel) against the same function written as XLA ops; and ``ConvBN``'s evaluation on it
+through ``cnn_jax.fused.fused_apply``.
 
 float32 tolerance: the convolution's sums in another order (1e-4 relative, as tests/test_onednn.py) followed by at
 most four float32 operations per element, which add a few units of 2^-24: still 1e-4 relative to the largest
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 from jax import lax
 
 from cnn_jax import interpret, ops
+from cnn_jax.fused import fused_apply
 from cnn_jax.models import get_model
 from cnn_jax.ops import onednn
 from strategies import conv_geometries
@@ -156,37 +158,44 @@ def random_batch_stats(variables, seed=0):
 ])
 def test_zoo_evaluation_runs_each_conv_batchnorm_as_one_kernel_and_matches_the_separate_modules(
         name, image_shape, calls):
+    """``fused_apply`` runs each evaluation ConvBN as one kernel in mode "fast"; ``model.apply`` (the model as
+    written), mode "separate" and mode "portable" keep the modules apart and agree with it."""
     model = get_model(name, 10)
     images = jnp.asarray(np.random.default_rng(1).uniform(size=(2, *image_shape)), jnp.float32)
     variables = random_batch_stats(model.init(jax.random.key(0), images, train=False))
-    evaluate = lambda v, x: model.apply(v, x, train=False)
+    evaluate = lambda v, x: fused_apply(model)(v, x, train=False)
     text = jax.jit(evaluate).lower(variables, images).as_text()
     assert text.count("@cnn_jax_conv_fused") == calls and "@cnn_jax_conv(" not in text
-    with ops.unfused():
-        separate = jax.jit(evaluate)(variables, images)
+    as_written = lambda v, x: model.apply(v, x, train=False)
+    assert "@cnn_jax_conv_fused" not in jax.jit(as_written).lower(variables, images).as_text()
+    separate = jax.jit(as_written)(variables, images)
+    with ops.kernels("separate"):
         assert "@cnn_jax_conv_fused" not in jax.jit(evaluate).lower(variables, images).as_text()
     close(jax.jit(evaluate)(variables, images), separate)
-    with ops.xla_only():
+    with ops.kernels("portable"):
         assert "cnn_jax_conv" not in jax.jit(evaluate).lower(variables, images).as_text()
+        close(jax.jit(evaluate)(variables, images), separate)
 
 
 def test_training_steps_keep_the_separate_path():
     model = get_model("resnet20", 10)
     images = jnp.zeros((2, 32, 32, 3))
     variables = model.init(jax.random.key(0), images, train=False)
-    loss = lambda params: model.apply({**variables, "params": params}, images, train=True,
-                                      mutable=["batch_stats"])[0].sum()
+    loss = lambda params: fused_apply(model)({**variables, "params": params}, images, train=True,
+                                             mutable=["batch_stats"])[0].sum()
     assert "cnn_jax_conv_fused" not in jax.jit(jax.grad(loss)).lower(variables["params"]).as_text()
 
 
 def test_guided_backprop_and_layer_taps_see_through_a_model_jitted_and_run_before():
-    """A jitted logits function already traced with fused kernels: interpretation traces it again unfused (the
-    switch is part of jit's cache key), so guided backprop finds its ReLUs and Grad-CAM its convolutions."""
+    """A jitted logits function already traced with fused kernels: interpretation traces it again in mode
+    "separate" (the mode is part of jit's cache key), so guided backprop finds its ReLUs and Grad-CAM its
+    convolutions."""
     model = get_model("resnet20", 3)
     images = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 32, 32, 3)), jnp.float32)
     variables = random_batch_stats(model.init(jax.random.key(0), images, train=False))
-    f = jax.jit(lambda x: model.apply(variables, x))
+    f = jax.jit(lambda x: fused_apply(model)(variables, x))
     logits = f(images)
+    assert "@cnn_jax_conv_fused" in f.lower(images).as_text()
     targets = jnp.argmax(logits, axis=1)
     guided = interpret.guided_backprop(f, images, targets)
     plain = interpret.saliency(f, images, targets)

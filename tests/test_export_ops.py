@@ -15,7 +15,7 @@ from jax import lax
 
 from cnn_jax import ops
 from cnn_jax.export import graph, onnx_lowering, tf_lowering
-from cnn_jax.ops import conv, onednn
+from cnn_jax.ops import onednn
 
 SHAPE = (9, 8, 4)
 RNG = np.random.default_rng(0)
@@ -95,14 +95,14 @@ def test_a_batch_folded_into_another_axis_is_refused():
 
 
 @pytest.mark.skipif(not onednn.available(), reason="the oneDNN kernel is not built here (no g++ or wheels)")
-def test_xla_only_keeps_the_onednn_custom_call_out_of_a_trace():
+def test_portable_mode_keeps_the_onednn_custom_call_out_of_a_trace():
     x = jnp.ones((2, *SHAPE))
 
     def lowered():
         return jax.jit(lambda v: ops.conv2d(v, K)).lower(x).as_text()
 
     assert "cnn_jax_conv" in lowered()  # without the switch CPU traces hold oneDNN's FFI target
-    with conv.xla_only():
+    with ops.kernels("portable"):
         text = lowered()
     assert "custom_call" not in text and "platform_index" not in text and "convolution" in text
     assert "cnn_jax_conv" in lowered()  # the switch ends with its block

@@ -111,30 +111,6 @@ def test_conv_module_shapes_follow_conv_output_size(conv):
     assert out.shape == out_shape
 
 
-@given(size=st.integers(4, 15), kernel=st.sampled_from([1, 2, 3, 5]), dilation=st.sampled_from([1, 2]),
-       padding=st.sampled_from(["VALID", "SAME", 1]), window=st.sampled_from([2, 3]))
-def test_conv_with_max_pool_is_the_pool_of_the_conv_plus_its_bias(size, kernel, dilation, padding, window):
-    """``Conv(x, max_pool=p)`` equals ``max_pool(conv(x), p) + bias`` exactly, whether or not it computes only the
-    outputs the pool reads (VALID and stride 1: the input's ragged edge cut first)."""
-    reach = dilation * (kernel - 1)
-    if ops.conv_output_size(size, kernel, 1, padding, dilation) < window:
-        return
-    conv = layers.Conv(3, kernel, padding=padding, dilation=dilation)
-    x = jnp.asarray(np.random.default_rng(size).standard_normal((2, size, size + 1, 2)), jnp.float32)
-    variables = conv.init(jax.random.key(0), x)
-    variables = {"params": {**variables["params"], "bias": jnp.asarray([0.5, -1.0, 2.0])}}
-    expected = ops.max_pool(conv.apply(variables, x) - variables["params"]["bias"], window) + variables["params"][
-        "bias"]
-    got = jax.jit(lambda v, x: conv.apply(v, x, max_pool=window))(variables, x)
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-    if padding == "VALID":  # only the rows and columns the pool reads reach the convolution
-        jaxpr = jax.make_jaxpr(lambda v, x: conv.apply(v, x, max_pool=window))(variables, x).jaxpr
-        read = [(side - reach) // window * window + reach for side in (size, size + 1)]
-        if read != [size, size + 1]:
-            slices = [e.outvars[0].aval.shape for e in jaxpr.eqns if e.primitive.name == "slice"]
-            assert slices[0] == (2, *read, 2), slices
-
-
 @st.composite
 def blocks(draw):
     """A residual, bottleneck or inverted residual block, and the (kernel, stride, padding, dilation) path that
@@ -385,7 +361,7 @@ def test_dropout_masks_are_flax_masks_bit_for_bit(shape, rate, broadcast_dims):
         theirs = nn.Dropout(rate, broadcast_dims).apply({}, x, deterministic=False, rngs=rngs)
         np.testing.assert_array_equal(ours(x), theirs)
     key = jax.random.key(11)
-    np.testing.assert_array_equal(jax.jit(lambda k: layers.dropout.bernoulli(k, 0.3, shape))(key),
+    np.testing.assert_array_equal(jax.jit(lambda k: ops.bernoulli(k, 0.3, shape))(key),
                                   jax.random.bernoulli(key, 0.3, shape))
 
 
@@ -398,61 +374,68 @@ def test_dropout_keeps_about_one_minus_rate_and_rescales():
     assert layers.Dropout(0.25).apply({}, x, deterministic=True) is x
 
 
-@pytest.mark.parametrize("relu, use_scale, dtype, residual", [
-    (False, True, jnp.float32, False), (True, True, jnp.float32, False), (True, False, jnp.float32, False),
-    (True, True, jnp.bfloat16, False), (True, True, jnp.float32, True), (False, True, jnp.float32, True),
-    (True, True, jnp.bfloat16, True)])
-def test_batch_norm_is_flax_batch_norm_with_its_gradient_written_out(relu, use_scale, dtype, residual):
-    # Same variables, same forward values and running averages as nn.BatchNorm (+ a residual add, + jax.nn.relu);
-    # gradients within float32 rounding of JAX's own (the written-out ones sum in another order). The input's
-    # mean (3) is three times its spread, as a conv's output can be: the per-channel sums must not lose it.
-    # The reference runs in float32 on the same values: ours computes in float32 and rounds once at the end
-    # (a bfloat16 reference rounds before the residual add, which moves the ReLU's mask by a rounding).
+@pytest.mark.parametrize("mode", ["fast", "portable"])
+@pytest.mark.parametrize("use_scale, dtype", [(True, jnp.float32), (False, jnp.float32), (True, jnp.bfloat16)])
+def test_batch_norm_is_flax_batch_norm(use_scale, dtype, mode):
+    # Same variables, same forward values and running averages as nn.BatchNorm; gradients within float32 rounding
+    # of JAX's own (mode "fast" writes them out, summing in another order; "portable" is JAX's derivative). The
+    # input's mean (3) is three times its spread, as a conv's output can be: the per-channel sums must not lose
+    # it. The reference runs in float32 on the same values: ours computes in float32 and rounds once at the end.
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(3.0, 1.0, (16, 6, 5, 8)), dtype)
-    shortcut = jnp.asarray(rng.normal(0.0, 1.0, x.shape), dtype) if residual else None
-    ours = layers.BatchNorm(use_running_average=False, momentum=0.9, use_scale=use_scale, dtype=dtype, relu=relu)
+    ours = layers.BatchNorm(use_running_average=False, momentum=0.9, use_scale=use_scale, dtype=dtype)
     theirs = nn.BatchNorm(use_running_average=False, momentum=0.9, use_scale=use_scale, dtype=jnp.float32)
     variables = theirs.init(KEY, x)
     assert jax.tree.structure(ours.init(KEY, x)) == jax.tree.structure(variables)
     params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(0, 0.3, p.shape), jnp.float32), variables["params"])
     weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
 
-    def loss(apply, params, x, shortcut):
-        y, updates = apply({"params": params, "batch_stats": variables["batch_stats"]}, x, shortcut)
+    def loss(apply, params, x):
+        y, updates = apply({"params": params, "batch_stats": variables["batch_stats"]}, x)
         return jnp.sum(y.astype(jnp.float32) * weights), (y, updates)
 
-    def apply_ours(v, x, shortcut):
-        return ours.apply(v, x, residual=shortcut, mutable=["batch_stats"])
+    def apply_ours(v, x):
+        return ours.apply(v, x, mutable=["batch_stats"])
 
-    def apply_theirs(v, x, shortcut):
-        y, updates = theirs.apply(v, x.astype(jnp.float32), mutable=["batch_stats"])
-        y = y if shortcut is None else y + shortcut.astype(jnp.float32)
-        return (jax.nn.relu(y) if relu else y), updates
+    def apply_theirs(v, x):
+        return theirs.apply(v, x.astype(jnp.float32), mutable=["batch_stats"])
 
-    grad = jax.jit(jax.grad(functools.partial(loss, apply_ours), argnums=(0, 1, 2), has_aux=True))
-    grad_ref = jax.grad(functools.partial(loss, apply_theirs), argnums=(0, 1, 2), has_aux=True)
-    (grads, (y, updates)), (grads_ref, (y_ref, updates_ref)) = grad(params, x, shortcut), grad_ref(params, x, shortcut)
+    with ops.kernels(mode):
+        grad = jax.jit(jax.grad(functools.partial(loss, apply_ours), argnums=(0, 1), has_aux=True))
+        grads, (y, updates) = grad(params, x)
+    grads_ref, (y_ref, updates_ref) = jax.grad(functools.partial(loss, apply_theirs), argnums=(0, 1),
+                                               has_aux=True)(params, x)
     tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == jnp.float32 else BFLOAT16
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), **tolerance)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), updates, updates_ref)
-    assert (grads[2] is None) == (not residual)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                                          **tolerance), grads, grads_ref)
 
 
-def test_batch_norm_refuses_a_residual_of_another_shape():
+def test_batch_norm_gradient_is_written_out_except_in_portable_mode():
+    """The hand-written VJP is a custom_vjp call in the traced gradient; mode "portable" has none."""
+    x = jnp.ones((4, 3, 3, 2))
+    module = layers.BatchNorm(use_running_average=False)
+    variables = module.init(KEY, x)
+    loss = lambda x: module.apply(variables, x, mutable=["batch_stats"])[0].sum()
+    assert "custom_vjp_call" in str(jax.make_jaxpr(loss)(x))
+    with ops.kernels("portable"):
+        assert "custom_vjp_call" not in str(jax.make_jaxpr(loss)(x))
+
+
+def test_conv_bn_refuses_a_residual_of_another_shape():
     x = jnp.ones((2, 4, 4, 3))
-    with pytest.raises(ValueError, match=r"residual has shape \(2, 2, 2, 3\), its input \(2, 4, 4, 3\)"):
-        layers.BatchNorm(use_running_average=False).init(KEY, x, residual=jnp.ones((2, 2, 2, 3)))
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 1, 1, 3\), the normalized branch \(2, 4, 4, 3\)"):
+        layers.ConvBN(3).init(KEY, x, residual=jnp.ones((2, 1, 1, 3)))
 
 
-def test_batch_norm_in_eval_mode_uses_the_running_averages_and_jax_nn_relu():
+def test_conv_bn_in_eval_mode_uses_the_running_averages_and_jax_nn_relu():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3, 3, 5)), jnp.float32)
-    module = layers.BatchNorm(use_running_average=True, relu=True)
-    variables = {"params": {"scale": jnp.full(5, 2.0), "bias": jnp.full(5, -0.5)},
-                 "batch_stats": {"mean": jnp.full(5, 0.25), "var": jnp.full(5, 4.0)}}
+    module = layers.ConvBN(5, 1, groups=5)
+    variables = {"params": {"conv": {"kernel": jnp.ones((1, 1, 1, 5))},
+                            "bn": {"scale": jnp.full(5, 2.0), "bias": jnp.full(5, -0.5)}},
+                 "batch_stats": {"bn": {"mean": jnp.full(5, 0.25), "var": jnp.full(5, 4.0)}}}
     expected = np.maximum((np.asarray(x) - 0.25) / np.sqrt(4.0 + 1e-5) * 2.0 - 0.5, 0.0)
     np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-6, atol=1e-6)
-    # Guided backpropagation rewrites jax.nn.relu calls: the fused ReLU must be one in eval mode.
+    # Guided backpropagation rewrites jax.nn.relu calls: the layer's ReLU must be one.
     assert "relu" in str(jax.make_jaxpr(lambda x: module.apply(variables, x))(x))

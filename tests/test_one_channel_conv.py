@@ -61,9 +61,11 @@ def test_a_one_channel_3x3_convolution_runs_as_shifted_multiply_adds_without_a_c
 
 
 def test_xla_fuses_the_stage_into_one_loop_that_never_writes_the_full_map():
-    """The compiled stage holds no buffer of the convolution's 26x26 map, only the pooled 13x13 output."""
-    text = jax.jit(stage).lower(X, K, B).compile().as_text()
-    assert "f32[4,26,26,16]" not in text and "f32[4,13,13,16]" in text
+    """The compiled stage needs no temporary buffer at all; in mode "separate" it holds the 26x26x16 map."""
+    temporary = lambda: jax.jit(stage).lower(X, K, B).compile().memory_analysis().temp_size_in_bytes
+    assert temporary() == 0
+    with ops.kernels("separate"):
+        assert temporary() >= 4 * 26 * 26 * 16 * 4
 
 
 @pytest.mark.parametrize("variant", ["separate", "portable", "bfloat16", "5x5", "two channels", "batch 1"])

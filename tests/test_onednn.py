@@ -240,7 +240,7 @@ def lowered_in_fresh_process(batch: int, **environment) -> str:
 
 
 def test_environment_variable_keeps_convolutions_on_xla():
-    text = lowered_in_fresh_process(1, CNN_JAX_CONV="xla")
+    text = lowered_in_fresh_process(1, CNN_JAX_KERNELS="portable")
     assert "convolution" in text and "cnn_jax_conv" not in text
 
 
@@ -248,7 +248,7 @@ def test_without_a_compiler_convolutions_fall_back_to_xla_with_a_warning(tmp_pat
     code = ("import jax.numpy as jnp, numpy as np; from cnn_jax import ops; from cnn_jax.ops import onednn; "
             "print(onednn.available()); "
             "print(float(ops.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1))).sum()))")
-    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), XDG_CACHE_HOME=str(tmp_path))
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), CNN_JAX_CACHE_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "100.0"]  # 4 corners x 4 + 8 edges x 6 + 4 inner x 9
     assert "no C++ compiler" in done.stderr and "using XLA's" in done.stderr

@@ -1,7 +1,7 @@
 """A model's forward pass as a flat list of JAX primitives, the input of the ONNX and TFLite lowerings.
 
-``trace`` runs ``jax.make_jaxpr`` on ``model.apply(variables, images)`` under ``ops.conv.xla_only()`` (so no
-oneDNN custom call and no ``platform_dependent`` branch is traced), then
+``trace`` runs ``jax.make_jaxpr`` on ``model.apply(variables, images)`` in kernel mode "portable" (``portable()``:
+standard JAX ops only, no oneDNN custom call and no ``platform_dependent`` branch), then
 
 - inlines the call-like primitives (``jit``, ``custom_jvp_call``, ``custom_vjp_call``): inference needs only
   their primal computation;
@@ -25,7 +25,7 @@ import numpy as np
 from jax.extend import core
 
 from cnn_jax.export.meta import ExportError
-from cnn_jax.ops import conv
+from cnn_jax import ops
 
 BATCH = 7919
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
@@ -115,6 +115,12 @@ def _flatten(jaxpr: core.Jaxpr, env: dict, equations: list) -> None:
         env.update(zip(eqn.outvars, outputs))
 
 
+def portable():
+    """The kernel mode of every export, set here alone: "portable", standard JAX ops that any backend and any
+    format runs."""
+    return ops.kernels("portable")
+
+
 def trace(model, variables, image_shape: Sequence[int]) -> Graph:
     """The inference graph of ``model.apply(variables, images)`` for float32 images of ``image_shape``."""
     variables = jax.tree.map(np.asarray, variables)
@@ -123,7 +129,7 @@ def trace(model, variables, image_shape: Sequence[int]) -> Graph:
 
 def trace_function(function, image_shape: Sequence[int]) -> Graph:
     """The graph of ``function``: float32 [batch, *image_shape] to one array, whatever it closes over folded."""
-    with conv.xla_only():
+    with portable():
         closed = jax.make_jaxpr(function)(jax.ShapeDtypeStruct((BATCH, *image_shape), jnp.float32))
     jaxpr = closed.jaxpr
     env = {v: np.asarray(c) for v, c in zip(jaxpr.constvars, closed.consts)}

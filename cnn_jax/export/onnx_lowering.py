@@ -4,8 +4,8 @@ Route and why: no converter on the package index fits beside this project's pins
 require ``orbax-checkpoint<0.11.37`` (a downgrade of the pinned 0.12). 0.13.0, what pip falls back to, is
 untested on jax 0.10 by its authors; tried here (2026-12-03), one of its plugins fails to import
 (``jax.interpreters.batching.not_mapped`` is gone), it has no rule for ``platform_index`` (every CPU trace of
-``ops.conv2d`` outside ``xla_only``), and it pulls in some twenty packages (equinox, huggingface_hub, netron, ...);
-it did convert simple_cnn under ``xla_only``. tf2onnx has no handler for the ``XlaCallModule`` op that every
+``ops.conv2d`` outside kernel mode "portable"), and it pulls in some twenty packages (equinox, huggingface_hub,
+netron, ...); it did convert simple_cnn in that mode. tf2onnx has no handler for the ``XlaCallModule`` op that every
 jax2tf SavedModel holds. So this module lowers the primitives the zoo uses itself, small enough to own; each is
 tested against onnxruntime (tests/test_export_ops.py), and every zoo model against JAX.
 

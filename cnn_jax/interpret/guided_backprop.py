@@ -3,16 +3,15 @@ ReLU's input and the incoming gradient are positive.
 
 The rule is applied to the model's own activations without changing the model: ``with_guided_relus`` traces ``f``
 and reruns it (``rewrite.evaluate``) with every ``jax.nn.relu`` and ``jax.nn.relu6`` call swapped for a ReLU whose
-custom VJP follows the rule. The forward pass is unchanged; only the backward pass is guided. It traces under
-``ops.unfused()``, so ReLUs that evaluation would run inside a convolution's kernel are calls it can see.
+custom VJP follows the rule. The forward pass is unchanged; only the backward pass is guided. It traces with
+``core.trace``, in the kernel mode where every ReLU is a call it can see.
 """
 from __future__ import annotations
 
 import jax
 
-from cnn_jax import ops
 from cnn_jax.interpret import rewrite
-from cnn_jax.interpret.core import Array, LogitsFn, check_inputs, input_gradient
+from cnn_jax.interpret.core import Array, LogitsFn, check_inputs, input_gradient, trace
 
 
 def _guided(activation, active):
@@ -39,8 +38,7 @@ GUIDED = {"relu": guided_relu, "relu6": guided_relu6}
 def with_guided_relus(f: LogitsFn) -> LogitsFn:
     """``f`` with guided ReLUs: the same values, the guided gradients. Raises when ``f`` calls no ReLU."""
     def guided_f(images: Array) -> Array:
-        with ops.unfused():
-            closed = jax.make_jaxpr(f)(images)
+        closed = trace(f, images)
         if not set(GUIDED) & set(rewrite.custom_jvp_calls(closed.jaxpr)):
             raise ValueError("guided backpropagation found no jax.nn.relu or jax.nn.relu6 call in the model "
                              "(ReLUs written as jnp.maximum(x, 0), or inside scan/cond/remat, are not seen)")

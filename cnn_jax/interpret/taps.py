@@ -5,8 +5,8 @@ A layer is named either by a value the model sows into its "intermediates" colle
 (e.g. "stage2_block0/conv1/conv"), whose ``__call__`` output Flax's ``capture_intermediates`` records.
 ``tap`` traces the forward pass once and, through ``rewrite.evaluate``, adds a perturbation to that value where it
 is computed: the gradient of the logits with respect to a zero perturbation is the gradient with respect to the
-layer, and the model needs no change to allow it. Models run under ``ops.unfused()`` here, so a convolution that
-evaluation would run as one kernel with its BatchNorm and activation keeps its own recorded output.
+layer, and the model needs no change to allow it. The traced program is the model as written, each module
+computing its own output (``core.trace``'s kernel mode).
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax import ops
 from cnn_jax.interpret import rewrite
-from cnn_jax.interpret.core import Array, selected_logits
+from cnn_jax.interpret.core import Array, selected_logits, trace
 
 _CAPTURED = "__call__"  # where capture_intermediates stores a module's output
 
@@ -55,10 +54,9 @@ def _forward(model: nn.Module, layer: str) -> Callable:
     path = _path(layer)
 
     def forward(variables, images):
-        with ops.unfused():
-            logits, state = model.apply(variables, images, mutable=["intermediates"],
-                                        capture_intermediates=lambda module, method: module.path == path
-                                        and method == _CAPTURED)
+        logits, state = model.apply(variables, images, mutable=["intermediates"],
+                                    capture_intermediates=lambda module, method: module.path == path
+                                    and method == _CAPTURED)
         activation = _lookup(state.get("intermediates", {}), path)
         if activation is None:
             raise ValueError(f"{type(model).__name__} has no layer {layer!r}. Sown names: "
@@ -81,7 +79,7 @@ def tap(model: nn.Module, variables: Mapping, layer: str) -> Callable[..., Tuple
         if perturbation is None:
             return forward(variables, images)
         args = (variables, images)
-        closed, shapes = jax.make_jaxpr(forward, return_shape=True)(*args)
+        shapes, closed = jax.eval_shape(forward, *args), trace(forward, *args)
         activation_shape = shapes[1]
         if perturbation.shape != activation_shape.shape:
             raise ValueError(f"layer {layer!r} has shape {activation_shape.shape}; the perturbation has "
@@ -137,6 +135,6 @@ def conv_layers(model: nn.Module, variables: Mapping, images: Array) -> list:
                 paths.append(path)
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(record), ops.unfused():
+    with nn.intercept_methods(record):
         jax.eval_shape(lambda v, x: model.apply(v, x), variables, images)
     return paths

@@ -49,7 +49,7 @@ class ResidualBlock(nn.Module):
             else:
                 residual = ConvBN(self.features, 1, self.strides, activation=None, name="shortcut", **unit)(x, train)
         y = ConvBN(self.features, 3, self.strides, self.padding_mode, name="conv1", **unit)(x, train)
-        # relu(bn(conv2(y)) + residual), in BatchNorm's one fused pass
+        # relu(bn(conv2(y)) + residual)
         return ConvBN(self.features, 3, 1, self.padding_mode, name="conv2",
                       bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
                       **unit)(y, train, residual=residual)
@@ -84,7 +84,7 @@ class Bottleneck(nn.Module):
             residual = ConvBN(out, 1, self.strides, activation=None, name="shortcut", **unit)(x, train)
         y = ConvBN(self.features, 1, s1, name="conv1", **unit)(x, train)
         y = ConvBN(self.features, 3, s3, self.padding_mode, name="conv2", **unit)(y, train)
-        # relu(bn(conv3(y)) + residual), in BatchNorm's one fused pass
+        # relu(bn(conv3(y)) + residual)
         return ConvBN(out, 1, 1, name="conv3",
                       bn_scale_init=nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones,
                       **unit)(y, train, residual=residual)
@@ -135,6 +135,6 @@ class InvertedResidual(nn.Module):
         if self.se_ratio:
             y = SqueezeExcite(max(1, int(channels * self.se_ratio)), dtype=self.dtype, name="se")(y)
         shortcut = self.strides == 1 and channels == self.features
-        # bn(project(y)) + x, in BatchNorm's one fused pass (or the convolution's epilogue in evaluation)
+        # bn(project(y)) + x
         return ConvBN(self.features, 1, activation=None, name="project", **unit)(
             y, train, residual=x.astype(self.dtype) if shortcut else None)

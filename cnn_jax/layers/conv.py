@@ -5,7 +5,6 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
 from cnn_jax import ops
 from cnn_jax.layers.batch_norm import BatchNorm
@@ -18,8 +17,6 @@ Activation = Optional[Callable[[Array], Array]]
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
 
 PADDING_MODES = ("same", "symmetric", "circular")
-# The activations a convolution's fused epilogue applies (ops.conv2d_epilogue), by the module attribute.
-_EPILOGUES = {None: None, nn.relu: "relu", nn.relu6: "relu6"}
 
 
 def padding_for(mode: str, kernel_size: int, dilation: int = 1):
@@ -53,32 +50,25 @@ class Conv(nn.Module):
     bias_init: Callable = nn.initializers.zeros
 
     @nn.compact
-    def __call__(self, x: Array, max_pool: Optional[int] = None) -> Array:
-        """``max_pool``, when given, max-pools the convolution in non-overlapping ``max_pool`` x ``max_pool``
-        windows, the bias added after (``ops.conv2d_max_pool``: exact, and a pass less over the largest map)."""
+    def __call__(self, x: Array) -> Array:
         channels = x.shape[-1]
         if channels % self.groups:
             raise ValueError(f"{self.name}: groups={self.groups} does not divide the {channels} input channels")
         kernel = self.param("kernel", self.kernel_init,
                             (self.kernel_size, self.kernel_size, channels // self.groups, self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        bias = None if bias is None else bias.astype(self.dtype)
-        geometry = dict(stride=self.strides, padding=self.padding, dilation=self.dilation, groups=self.groups)
-        if max_pool:
-            return ops.conv2d_max_pool(x, kernel, bias, max_pool, **geometry)
-        return ops.conv2d(x, kernel, bias, **geometry)
+        return ops.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                          None if bias is None else bias.astype(self.dtype), stride=self.strides,
+                          padding=self.padding, dilation=self.dilation, groups=self.groups)
 
 
 class ConvBN(nn.Module):
-    """Conv (no bias) -> BatchNorm -> activation, the unit every zoo CNN is made of.
+    """Conv -> BatchNorm -> (+ residual) -> activation, the unit every zoo CNN is made of.
 
+    ``activation(batch_norm(conv(x)) + residual)``: a ``residual`` passed to the call (a residual block's shortcut)
+    is added before the activation; ``activation=None`` gives the linear projection of inverted residuals.
     ``bn_momentum`` is Flax's (running = momentum * running + (1 - momentum) * batch): PyTorch's 0.1 is 0.9 here.
-    ``activation=None`` gives the linear projection of inverted residuals; ``bn_use_scale=False`` leaves the
-    BatchNorm without its learned scale (airbench94). A ``residual`` passed to the call is added before the
-    activation (a residual block's shortcut), inside BatchNorm's fused pass. In evaluation on oneDNN the three run
-    as one convolution kernel, the BatchNorm its epilogue (``_in_one_kernel``); within ``ops.unfused()``
-    (as ``cnn_jax.interpret`` traces models) they stay separate modules and ops.
+    ``bn_use_scale=False`` leaves the BatchNorm without its learned scale (airbench94).
     """
     features: int
     kernel_size: int = 3
@@ -97,32 +87,14 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, residual: Optional[Array] = None) -> Array:
-        if (not train and self.activation in _EPILOGUES and not self.is_initializing()
-                and ops.fuses_epilogues(self.dtype)):
-            return self._in_one_kernel(x, residual, _EPILOGUES[self.activation])
         x = Conv(self.features, self.kernel_size, self.strides,
                  padding_for(self.padding_mode, self.kernel_size, self.dilation), self.dilation, self.groups,
                  use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init, name="conv")(x)
-        fused = self.activation is nn.relu  # BatchNorm applies it, inside its hand-written gradient
         x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                      use_scale=self.bn_use_scale, scale_init=self.bn_scale_init, dtype=self.dtype, relu=fused,
-                      name="bn")(x, residual=residual)
-        return x if self.activation is None or fused else self.activation(x)
-
-    def _in_one_kernel(self, x: Array, residual: Optional[Array], activation: Optional[str]) -> Array:
-        """Evaluation in one oneDNN kernel: the running-average BatchNorm is a per-channel ``multiplier`` and
-        ``shift``, ``bn(conv(x, w)) = conv(x, w) * multiplier + shift``, which the kernel applies with the residual
-        and the activation as its epilogue (``ops.conv2d_epilogue``). Reads the variables that ``conv`` and ``bn``
-        declared (at initialization, which takes the separate path)."""
-        params, stats = self.variables["params"], self.variables["batch_stats"]["bn"]
-        multiplier = lax.rsqrt(stats["var"] + self.bn_epsilon)
-        if self.bn_use_scale:
-            multiplier = multiplier * params["bn"]["scale"]
-        shift = params["bn"]["bias"] - stats["mean"] * multiplier
-        if self.use_bias:
-            shift = shift + params["conv"]["bias"] * multiplier
-        kernel = params["conv"]["kernel"].astype(self.dtype)
-        return ops.conv2d_epilogue(x.astype(self.dtype), kernel, multiplier, shift, residual, activation,
-                                   stride=self.strides,
-                                   padding=padding_for(self.padding_mode, self.kernel_size, self.dilation),
-                                   dilation=self.dilation, groups=self.groups)
+                      use_scale=self.bn_use_scale, scale_init=self.bn_scale_init, dtype=self.dtype, name="bn")(x)
+        if residual is not None:
+            if residual.shape != x.shape:
+                raise ValueError(f"{self.name}: the residual has shape {residual.shape}, the normalized branch "
+                                 f"{x.shape}: the shortcut must match it")
+            x = x + residual.astype(self.dtype)
+        return x if self.activation is None else self.activation(x)

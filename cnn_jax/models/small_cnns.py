@@ -17,7 +17,6 @@ Dtype = Any
 
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh, "gelu": nn.gelu}
-_MONOTONE_ACTIVATIONS = ("relu", "tanh")  # commute with max pooling
 POOLINGS = {"max": ops.max_pool, "avg": ops.avg_pool}
 
 
@@ -70,14 +69,9 @@ class SimpleCNN(nn.Module):
         check_images(x, "simple_cnn", self.required_size)
         x = Normalize(self.mean, self.std)(x)
         pool, activation = POOLINGS[self.pooling], ACTIVATIONS[self.activation]
-        # A monotone activation commutes with max pooling: pooling first runs 4x fewer activations.
-        pool_first = self.pooling == "max" and self.activation in _MONOTONE_ACTIVATIONS
         for stage, features in enumerate(self.features, start=1):
-            conv = Conv(features, self.kernel_size, padding="VALID", dtype=self.dtype, name=f"conv{stage}")
-            if pool_first:  # max pooling also commutes with the bias: added to the pooled map
-                x = activation(conv(x, max_pool=2))
-            else:
-                x = pool(activation(conv(x)), 2)
+            x = Conv(features, self.kernel_size, padding="VALID", dtype=self.dtype, name=f"conv{stage}")(x)
+            x = pool(activation(x), 2)
             self.sow("intermediates", f"stage{stage}", x)
         self.sow("intermediates", "features", x)
         return MLPHead(self.num_classes, dropout=self.dropout, dtype=self.dtype, name="head")(x, train)

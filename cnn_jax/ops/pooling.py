@@ -1,10 +1,11 @@
 """Spatial pooling on NHWC arrays.
 
 Non-overlapping VALID windows (window == stride) take an elementwise path: the maximum (or sum) of the window's
-strided views, one loop fusion on XLA:CPU. It is much faster than ``lax.reduce_window`` and its gradient (and 2-6x
-faster than a reshape + reduce: simple_cnn's 2x2 pools, BENCHMARKS.md), and it gives identical results, gradients
-included (a custom derivative sends each window's cotangent to its first maximum, in one pass). Other max pools
-(overlapping, padded) keep ``lax.reduce_window`` forward, with the same derivative written out over strided views.
+strided views, one loop fusion on XLA:CPU, much faster than ``lax.reduce_window`` and its gradient (BENCHMARKS.md).
+Max pooling's derivative is written out: each window's cotangent goes to its first maximum, in one pass, as in
+``lax.reduce_window``'s own gradient. Other max pools (overlapping, padded) keep ``lax.reduce_window`` forward
+with the same derivative written out over strided views. In kernel mode "portable" every max pool is
+``lax.reduce_window`` with JAX's derivative: the reference the others equal, ties included.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnn_jax.ops import padding as padding_lib
+from cnn_jax.ops import switch
 
 
 def _setup(x, window, stride, padding):
@@ -92,9 +94,8 @@ def _strided_max(x, window, stride):
 @_strided_max.defjvp
 def _strided_max_jvp(window, stride, primals, tangents):
     """The sum over window positions of the tangent's strided view where that position holds the window's first
-    maximum: elementwise passes whose transposes XLA adds in one loop. ``lax.reduce_window``'s own gradient, a
-    reduce-window over packed value-index pairs, took 4x longer (resnet50's 3x3 stride-2 stem pool at batch 16:
-    203 -> 75 ms forward and backward, 2026-12-06)."""
+    maximum: elementwise passes whose transposes XLA adds in one loop, where ``lax.reduce_window``'s own gradient
+    is a reduce-window over packed value-index pairs, several times slower (BENCHMARKS.md, resnet50's stem pool)."""
     (x,), (tangent,) = primals, tangents
     top = _strided_max(x, window, stride)
     masks = _first_maxima(_window_views(x, window, stride), top)
@@ -104,6 +105,8 @@ def _strided_max_jvp(window, stride, primals, tangents):
 def max_pool(x: jnp.ndarray, window, stride=None, padding: padding_lib.PaddingLike = "VALID") -> jnp.ndarray:
     """Maximum over ``window`` patches taken every ``stride`` (default: ``window``) pixels."""
     window, stride, pads, mode = _setup(x, window, stride, padding)
+    if not switch.custom_kernels():
+        return _windows(padding_lib.apply(x, pads, mode, value=-jnp.inf), window, stride, -jnp.inf, lax.max)
     if window == stride and pads == ((0, 0), (0, 0)):
         return _window_max(x, window)
     return _strided_max(padding_lib.apply(x, pads, mode, value=-jnp.inf), window, stride)

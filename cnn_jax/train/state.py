@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import serialization, struct
 
+from cnn_jax.fused import fused_apply
 from cnn_jax.train.lookahead import slow_params
 
 
@@ -119,7 +120,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     params = variables["params"]
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                       rng=jax.random.key_data(state_key), apply_fn=model.apply,
+                       rng=jax.random.key_data(state_key), apply_fn=fused_apply(model),
                        tx=tx).with_ema(ema_decay)
     return state if sharding is None else jax.device_put(state, sharding)
 

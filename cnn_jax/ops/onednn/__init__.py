@@ -4,8 +4,8 @@ XLA's CPU convolutions match oneDNN's forward but run the weight gradient 3-5x s
 ones far slower in every direction (BENCHMARKS.md); this package puts oneDNN's forward, data-gradient and
 weight-gradient kernels under one differentiable primitive. bfloat16 operands run oneDNN's bf16 kernels
 (bf16 products, float32 accumulation, a bf16 result), which ``bfloat16_native()`` checks this CPU has.
-``available()`` is False (and ``conv2d`` stays on XLA) without the oneDNN wheels or a C++ compiler, or with
-``CNN_JAX_CONV=xla`` in the environment.
+``available()`` is False (and ``conv2d`` stays on XLA) without the oneDNN wheels or a C++ compiler; kernel mode
+"portable" (``ops.kernels``) never asks for it.
 """
 from __future__ import annotations
 

@@ -21,10 +21,11 @@ from typing import Optional
 
 import jax
 
+from cnn_jax import caches
+
 SOURCE = Path(__file__).with_name("conv.cc")
 TARGET = "cnn_jax_conv"
 FUSED_TARGET = "cnn_jax_conv_fused"  # the inference forward with an epilogue (bias, residual, activation)
-_DISABLE = "CNN_JAX_CONV"  # set to "xla" to keep every convolution on XLA
 
 
 class Unavailable(RuntimeError):
@@ -41,11 +42,6 @@ def _package_file(package: str, name: str) -> Path:
         if path.as_posix().endswith(name):
             return path
     raise Unavailable(f"{package} has no {name}")
-
-
-def _cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
-    return root / "cnn_jax" / "onednn"
 
 
 def _compile(output: Path) -> None:
@@ -66,7 +62,7 @@ def _library_path() -> Path:
     _package_file("onednn-cpu-gomp", "lib/libdnnl.so")  # raises, naming the package, when it is absent
     versions = [importlib.metadata.version(p) for p in ("jaxlib", "onednn-cpu-gomp")]
     key = hashlib.sha256(SOURCE.read_bytes() + repr(versions).encode()).hexdigest()[:16]
-    path = _cache_dir() / key / "libcnn_jax_onednn.so"
+    path = caches.cache_dir("onednn") / key / "libcnn_jax_onednn.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # build aside, then rename: no half-written .so
@@ -79,8 +75,6 @@ def _library_path() -> Path:
 @functools.lru_cache(maxsize=None)
 def load() -> Optional[ctypes.CDLL]:
     """The registered kernel library, or None (logged once with the reason) when it cannot be had."""
-    if os.environ.get(_DISABLE, "").lower() == "xla":
-        return None
     try:
         library = ctypes.CDLL(str(_library_path()))
     except (Unavailable, OSError) as error:
