@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -267,6 +268,26 @@ def test_predict_prints_class_and_file_names_with_control_characters_escaped(tmp
     assert "\x1b" not in proc.stdout and len(proc.stdout.splitlines()) == 4, proc.stdout
     assert "photo\\x1b[0m.png" in proc.stdout and "\\x1b[2J\\x1b[31mcat" in proc.stdout
     assert "dog\\nfish: 0.99" in proc.stdout
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` RGB pixels (and whose data is cut off): what a
+    decompression bomb shows before it is decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1024)))
+
+
+def test_predict_refuses_a_decompression_bomb_from_its_header(exported, tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_png_header(14000, 14000))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "fine.png")
+    proc = _predict(f"--workdir={exported}", "--runtime=onnx", str(tmp_path))
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"{tmp_path / 'bomb.png'}: error: its header claims 196,000,000 pixels"), lines
+    assert lines[1] == str(tmp_path / "fine.png") and len(lines) == 5  # the other file is still classified
 
 
 def test_predict_help_says_a_workdir_is_code_and_onnx_is_the_format_to_share():
