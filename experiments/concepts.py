@@ -34,7 +34,6 @@ from cnn_jax.plots.training import _save
 from cnn_jax.workdir_files import CONCEPTS_FILE, FIGURES_DIR
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Concepts:
     """Where the figures go, and the size of their images.

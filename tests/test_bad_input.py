@@ -21,8 +21,11 @@ import pytest
 from absl import flags
 from test_experiments import ROOT, SHARED_DATA, experiment
 
-from cnn_jax import cli
-from experiments import common, mnist
+from cnn_jax import cli, run
+from cnn_jax.run import command as run_command
+from cnn_jax.run import workdir as workdir_lib
+from cnn_jax.workdir_files import SETTINGS_FILE
+from experiments import mnist
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -37,7 +40,8 @@ def main_error(module: str, *argv: str) -> str:
     hook = __import__("threading").excepthook
     try:
         with pytest.raises(SystemExit) as stop:
-            common.main(["prog"], recipe, run_experiment=getattr(experiment_module, "run", None), flag_values=values)
+            run_command.execute(["prog"], recipe, train_experiment=getattr(experiment_module, "train_experiment", None),
+                            flag_values=values)
     finally:
         __import__("threading").excepthook = hook
     message = str(stop.value.code)
@@ -50,12 +54,10 @@ def recorded(workdir, **changes) -> bytes:
     """A workdir whose first start had mnist's recipe (with `changes`): its flags.json's bytes."""
     from cnn_jax import settings
 
-    from cnn_jax.train import workdir as workdir_lib
-
     config = settings.replace(mnist.recipe(), workdir=str(workdir), **changes)
-    with common.claim(config, str(workdir)) as record:
+    with run.claim(config, str(workdir)) as record:
         workdir_lib.write_settings(str(workdir), record)
-    return (workdir / "flags.json").read_bytes()
+    return (workdir / SETTINGS_FILE).read_bytes()
 
 
 NO_DATA = "--data_dir=/nonexistent"  # any case that read data would fail differently
@@ -66,7 +68,7 @@ def test_a_rerun_with_other_settings_is_refused_listing_each_difference(tmp_path
     message = main_error("mnist", f"--workdir={tmp_path}", "--learning_rate=0.5", "--epochs=4", NO_DATA)
     assert "holds a run started with other settings (epochs: 3 then, 4 now; learning_rate: 0.005 then, 0.5 now)" \
         in message and "use a new --workdir" in message
-    assert (tmp_path / "flags.json").read_bytes() == before
+    assert (tmp_path / SETTINGS_FILE).read_bytes() == before
 
 
 def test_another_dataset_folder_with_the_same_classes_is_a_changed_setting(tmp_path):
@@ -83,9 +85,9 @@ def test_more_epochs_for_a_finished_run_need_extend_epochs_and_fewer_are_refused
 
 
 def test_a_damaged_settings_record_is_named(tmp_path):
-    (tmp_path / "flags.json").write_text('{"epochs": 2,')
+    (tmp_path / SETTINGS_FILE).write_text('{"epochs": 2,')
     assert "flags.json is not valid JSON" in main_error("mnist", f"--workdir={tmp_path}", NO_DATA)
-    assert (tmp_path / "flags.json").read_text() == '{"epochs": 2,'
+    assert (tmp_path / SETTINGS_FILE).read_text() == '{"epochs": 2,'
 
 
 def test_a_workdir_in_use_names_the_process_holding_it(tmp_path):
@@ -153,7 +155,7 @@ def test_a_grayscale_dataset_on_a_pretrained_backbone_is_refused_with_the_channe
     message = main_error("transfer", f"--workdir={tmp_path}", "--dataset=mnist", f"--data_dir={SHARED_DATA}",
                          "--from_scratch", "--image_size=32", "--num_train_examples=64")
     assert "pretrained backbones take RGB images, but mnist has 1 channel(s)" in message
-    assert not (tmp_path / "flags.json").exists()
+    assert not (tmp_path / SETTINGS_FILE).exists()
 
 
 def test_a_diverging_run_stops_with_the_causes_and_keeps_its_checkpoints(tmp_path):
@@ -187,7 +189,7 @@ def test_a_full_disk_is_one_error_line_and_the_rerun_resumes_when_there_is_room(
     assert "/cnn_jax/" not in full.stderr and "/experiments/" not in full.stderr, full.stderr[-3000:]
     errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not write a checkpoint" in errors[0] and "free disk space" in errors[0]
-    assert json.loads((tmp_path / "flags.json").read_text())["epochs"] == 1  # the record survived
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["epochs"] == 1  # the record survived
     room = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert room.returncode == 0, room.stderr[-3000:]
     assert (tmp_path / "results.json").exists() and (tmp_path / "export" / "meta.json").exists()
@@ -219,8 +221,8 @@ def test_a_figure_that_fails_is_logged_and_skipped_after_results_and_export(tmp_
         raise RuntimeError("no display")
 
     monkeypatch.setattr(plots, "plot_per_class_accuracy", broken)
-    with caplog.at_level(logging.WARNING, logger="cnn_jax.experiments"):
-        common.write_figures(str(tmp_path), outcome, Dataset())
+    with caplog.at_level(logging.WARNING, logger="cnn_jax.run.report"):
+        run.write_figures(str(tmp_path), outcome, Dataset())
     assert "figure per_class_accuracy.png skipped: RuntimeError: no display" in caplog.text
     # The class name with TeX-like "$...^$" draws as plain text instead of failing the confusion matrix.
     assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.png", "predictions.png", "training_curves.png"]

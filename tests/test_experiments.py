@@ -179,7 +179,9 @@ def test_killed_run_resumes_with_the_same_command(tmp_path):
     assert straight.returncode == 0, straight.stderr[-3000:]
     with open(uninterrupted / files.METRICS_FILE) as f:
         expected = [json.loads(line) for line in f]
-    evaluations = lambda rs: [{k: v for k, v in r.items() if k.startswith("test_")} for r in rs if r["kind"] == "eval"]
+    def evaluations(rs):
+        return [{k: v for k, v in r.items() if k.startswith("test_")} for r in rs if r["kind"] == "eval"]
+
     assert evaluations(records) == evaluations(expected)
 
 

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-
 from test_streaming import write_tfds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -65,7 +65,8 @@ def test_the_process_flags_are_read_before_the_others_exist():
 
 
 def test_a_recipe_module_imports_no_jax_before_its_main_runs():
-    code = "import sys, experiments.mnist, experiments.cifar10; print(sorted(m for m in ('jax', 'flax') if m in sys.modules))"
+    code = ("import sys, experiments.mnist, experiments.cifar10; "
+            "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0 and proc.stdout.split() == ["[]"], proc.stderr[-3000:]

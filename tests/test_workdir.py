@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from cnn_jax import files, run, settings
-from cnn_jax.run import workdir as workdir_lib
 from cnn_jax.run import lock
+from cnn_jax.run import workdir as workdir_lib
 from cnn_jax.run.lock import WorkdirBusy
 from cnn_jax.run.workdir import SettingsChanged
 from cnn_jax.workdir_files import LOCK_FILE, SETTINGS_FILE

@@ -2,8 +2,8 @@
 
 ``export_format(workdir, format)`` reads ``<workdir>/export/`` and writes one artifact beside it
 (``artifact_path``). Every format takes float32 NHWC pixels in [0, 1] (normalization is inside) with a dynamic
-batch and returns logits. Every trace runs under ``ops.conv.xla_only()``: the oneDNN custom call (a CPU-only
-FFI target of this process) never reaches an artifact. The route each format takes, and why:
+batch and returns logits. Every trace runs in kernel mode "portable" (``graph.portable()``), so the oneDNN custom
+call (a CPU-only FFI target of this process) never reaches an artifact. The route each format takes, and why:
 
 - ``stablehlo``: ``jax.export`` with a symbolic batch, lowered for cpu, cuda and tpu, serialized; JAX runs it
   with ``jax.export.deserialize(...).call`` and no model code.
@@ -50,10 +50,8 @@ def _stablehlo(model, variables, meta: ExportMeta, path: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    from cnn_jax.ops import conv
-
     (batch,) = jax.export.symbolic_shape("b")
-    with conv.xla_only():
+    with graph_lib.portable():
         exported = jax.export.export(jax.jit(_apply_fn(model, variables)), platforms=("cpu", "cuda", "tpu"))(
             jax.ShapeDtypeStruct((batch, *meta.image_shape), jnp.float32))
     with open(path, "wb") as file:
@@ -64,7 +62,6 @@ def _saved_model(model, variables, meta: ExportMeta, path: str) -> None:
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    from cnn_jax.ops import conv
     from cnn_jax.tf_images import cover_and_center_crop
 
     (h, w, c), size = meta.image_shape, meta.image_size
@@ -82,7 +79,7 @@ def _saved_model(model, variables, meta: ExportMeta, path: str) -> None:
         lambda encoded: module.serving(tf.cast(tf.map_fn(
             decode, encoded, fn_output_signature=tf.TensorSpec([h, w, c], tf.uint8)), tf.float32) / 255.0),
         input_signature=[tf.TensorSpec([None], tf.string, name="encoded")], autograph=False)
-    with conv.xla_only():  # saving traces the functions again
+    with graph_lib.portable():  # saving traces the functions again
         signatures = {"serving_default": module.serving.get_concrete_function(),
                       SERVING_BYTES: module.serving_bytes.get_concrete_function()}
         tf.saved_model.save(module, path, signatures=signatures)
