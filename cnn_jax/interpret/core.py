@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jcore
 
 from cnn_jax import ops
@@ -30,12 +31,28 @@ def check_inputs(images: Array, targets, method: str) -> Array:
     return targets.astype(jnp.int32)
 
 
+def check_targets(targets, num_classes: int) -> None:
+    """Raises when a known (not traced) target class is outside ``[0, num_classes)``."""
+    if isinstance(targets, jax.core.Tracer):
+        return
+    values = np.asarray(targets)
+    outside = values[(values < 0) | (values >= num_classes)]
+    if outside.size:
+        raise ValueError(f"target class {int(outside[0])} is out of range: the model has {num_classes} classes "
+                         f"(0 to {num_classes - 1})")
+
+
 def selected_logits(logits: Array, targets: Array) -> Array:
-    """``logits[i, targets[i]]`` for every i: (N, K) -> (N,)."""
+    """``logits[i, targets[i]]`` for every i: (N, K) -> (N,). A target out of range raises where it is known and
+    gives NaN where it is traced (inside jit), never another class's logit."""
     if logits.ndim != 2 or logits.shape[0] != targets.shape[0]:
         raise ValueError(f"the model must map N images to logits of shape (N, K); got {logits.shape} for "
                          f"{targets.shape[0]} images")
-    return jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
+    classes = logits.shape[1]
+    check_targets(targets, classes)
+    picked = jnp.take_along_axis(logits, jnp.clip(targets, 0, classes - 1)[:, None], axis=1)[:, 0]
+    poison = jnp.where((targets >= 0) & (targets < classes), 0.0, jnp.nan)  # NaN values and gradients outside
+    return picked + poison * logits.sum(axis=1)
 
 
 def input_gradient(f: LogitsFn, images: Array, targets: Array) -> Array:

@@ -2,11 +2,13 @@
 
 For a few test images: saliency, SmoothGrad, Integrated Gradients and Grad-CAM of the predicted class side by side
 with the prediction; the first convolution's filters; the feature maps of every sown layer for the first image; one
-activation-maximization image per class.
+activation-maximization image per class. ``write_sanity_page`` adds the sanity checks (``sanity.html``) beside it;
+the index links every such page present when it is written.
 """
 from __future__ import annotations
 
 import html
+import json
 import pathlib
 from typing import Mapping, Sequence
 
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.interpret import sanity
 from cnn_jax.interpret.activation_maximization import activation_maximization, class_logit
 from cnn_jax.interpret.grad_cam import grad_cam
 from cnn_jax.interpret.integrated_gradients import integrated_gradients
@@ -22,9 +25,13 @@ from cnn_jax.interpret.saliency import saliency
 from cnn_jax.interpret.smoothgrad import smoothgrad
 from cnn_jax.interpret.taps import conv_layers, sown_layers
 from cnn_jax.plots import interpret as plots
+from cnn_jax.plots import sanity as sanity_plots
 
 ATTRIBUTIONS, FILTERS, FEATURE_MAPS, CLASSES = ("attributions.png", "filters.png", "feature_maps.png",
                                                 "class_visualizations.png")
+INDEX, SANITY = "index.html", "sanity.html"
+SANITY_MAPS, SANITY_CURVES, SANITY_JSON = "sanity_maps.png", "sanity_curves.png", "sanity.json"
+PAGES = {SANITY: "Sanity checks: do the maps depend on the weights and the labels?"}
 
 
 def _params_at(params: Mapping, path: str):
@@ -117,7 +124,54 @@ def write_gallery(model: nn.Module, variables: Mapping, images, labels, class_na
         sections.append(("Learned filters", figure(FILTERS, "filters")))
     sections += [("Feature maps of image 0", figure(FEATURE_MAPS, "feature maps")),
                  ("Activation maximization", figure(CLASSES, "class visualizations"))]
+    pages = [f"<li><a href=\"{name}\">{html.escape(text)}</a></li>" for name, text in PAGES.items()
+             if (out_dir / name).exists()]
+    if pages:
+        sections.append(("More pages", "<ul>" + "".join(pages) + "</ul>"))
     page = _page(title, sections)
-    index = out_dir / "index.html"
+    index = out_dir / INDEX
     index.write_text(page)
     return index
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    def cell(value):
+        return "&ndash;" if value is None else f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>\n{body}</table>"
+
+
+def write_sanity_page(result, image, out_dir, title: str = "Sanity checks of the saliency maps") -> pathlib.Path:
+    """Writes ``sanity.html`` into the gallery ``out_dir`` with the figures of a ``sanity.SanityResult`` (the maps of
+    ``image`` as the layers go random, the similarity curves), its summary as tables and ``sanity.json``; returns
+    the page's path. It links the gallery's index when there is one."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = sanity.summary(result)
+    sanity_plots.plot_sanity_maps(result, image, out_dir / SANITY_MAPS)
+    sanity_plots.plot_sanity_curves(summary, out_dir / SANITY_CURVES)
+    (out_dir / SANITY_JSON).write_text(json.dumps(summary, indent=1) + "\n")
+    labels = sanity_plots.cascade_labels(result.order)
+    figure = "<img src=\"{}\" alt=\"{}\">".format
+    intro = ("<p>Adebayo et al., <i>Sanity Checks for Saliency Maps</i> (NeurIPS 2018): a map that stays the same "
+             "when the weights are random, or when the model learned shuffled labels, shows the input rather than "
+             "the model. Each number is the mean over the images of the similarity between the trained model's map "
+             "and the randomized model's (1: the same ranking).</p>")
+    sections = [("Maps as the layers go random", intro + figure(SANITY_MAPS, "maps under cascading randomization")),
+                ("Similarity curves", figure(SANITY_CURVES, "similarity curves"))]
+    tests = (("cascading", "Cascading randomization (top down)", labels),
+             ("independent", "Independent randomization (one layer)", ["trained", *result.order]))
+    for test, heading, columns in tests:
+        if summary[test] is not None:
+            rows = [[name, metric, *values] for name, row in summary[test].items() for metric, values in row.items()]
+            sections.append((heading, _table(["method", "metric", *columns], rows)))
+    if summary["data_randomization"] is not None:
+        rows = [[name, *row.values()] for name, row in summary["data_randomization"].items()]
+        sections.append(("Data randomization (trained on shuffled labels)",
+                         _table(["method", *next(iter(summary["data_randomization"].values()))], rows)))
+    if (out_dir / INDEX).exists():
+        sections.append(("Gallery", f"<p><a href=\"{INDEX}\">the rest of the gallery</a></p>"))
+    page = out_dir / SANITY
+    page.write_text(_page(title, sections))
+    return page
