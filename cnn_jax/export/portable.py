@@ -21,7 +21,7 @@ call (a CPU-only FFI target of this process) never reaches an artifact. The rout
   converter from the package index is used).
 
 Artifacts are written to a temporary sibling and renamed into place, so a failed export leaves the previous
-artifact as it was.
+artifact as it was; then ``meta.json`` records the artifact's SHA-256, which every runtime checks before loading.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from cnn_jax import files
 from cnn_jax.export import graph as graph_lib
 from cnn_jax.export import workdir as workdir_lib
 from cnn_jax.export.graph import UnsupportedOpError
-from cnn_jax.export.meta import ExportError, ExportMeta, artifact_path, check_format
+from cnn_jax.export.meta import ExportError, ExportMeta, artifact_path, check_format, record_artifact
 
 SERVING_BYTES = "serving_bytes"
 
@@ -144,6 +144,7 @@ def export_format(workdir: str, fmt: str, *, tflite_variant: str = "float32",
             _onnx(model, variables, meta, staged)
         files.fsync_tree(staged)
         files.swap_in(staged, path)
+        record_artifact(workdir, fmt, tflite_variant)  # the runtimes load only an artifact whose sum this records
     finally:
         if os.path.isdir(staged):
             shutil.rmtree(staged)
