@@ -27,7 +27,7 @@ mode and dtype.
 
 How each framework runs (the path its users run):
   cnn_jax  the training engine's own jitted `train_step` (`cnn_jax.train.make_train_step`, state donated) and a
-           jitted `model.apply(..., train=False)`; the persistent compilation cache is off, so compiles are cold.
+           jitted evaluation apply (`state.apply_fn`); the persistent compilation cache is off, so compiles are cold.
            XLA_FLAGS and other JAX settings in the environment apply.
   torch    eager, NCHW, default threads; `zero_grad / cross_entropy / backward / step`, and `inference_mode`.
   torch_compile  the same model and step with the model wrapped in `torch.compile` (inductor's C++/OpenMP CPU

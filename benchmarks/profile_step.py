@@ -118,7 +118,7 @@ def main(argv):
     if opts.mode == "train":
         step = jax.jit(make_train_step(), donate_argnums=0)
     else:
-        step = jax.jit(lambda state, batch: (state, model.apply(state.variables, batch["image"], train=False)))
+        step = jax.jit(lambda state, batch: (state, state.apply_fn(state.variables, batch["image"], train=False)))
     step_call = step.lower(state, batch).compile()
     output = 0 if opts.mode == "train" else 1  # the new state, or the logits
     run = lambda state: step_call(state, batch)[output]

@@ -92,9 +92,10 @@ def _jax(workdir: str):
     import jax
 
     from cnn_jax.export import workdir as workdir_lib
+    from cnn_jax.fused import fused_apply
 
     model, variables, meta = workdir_lib.load_export(workdir)
-    apply = jax.jit(model.apply)
+    apply = jax.jit(fused_apply(model))  # evaluation as the engine runs it
     return meta, lambda images: np.asarray(apply(variables, images))
 
 
