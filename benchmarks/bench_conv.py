@@ -7,7 +7,8 @@
 and depthwise ones on shifted multiply-adds with several CPU devices. One row per (shape, dtype, path): forward
 and forward+backward (input and kernel gradients) milliseconds, the fastest of ``--repeats`` single calls and their
 median, and each fastest against float32 oneDNN's on the same shape in the same run ("speedup": float32 oneDNN's
-milliseconds over the row's), so that ratios hold on a loaded machine even where absolute times do not. Each path's forward output is checked against XLA's float32 convolution first.
+milliseconds over the row's), so that ratios hold on a loaded machine even where absolute times do not. Each path's
+forward output is checked against XLA's float32 convolution first.
 """
 import dataclasses
 import time
@@ -78,13 +79,17 @@ def paths(x, w, stride, groups):
     """{path: (jitted forward, jitted gradient)} for the lowerings ``ops.conv2d`` can take at these operands."""
     k = w.shape[0]
     pad = ((k // 2, k // 2),) * 2
-    xla = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), pad, feature_group_count=groups,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    ours = lambda x, w: ops.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)
-    grad = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.square(f(x, w).astype(jnp.float32))), (0, 1)))
+    def xla(x, w):
+        return lax.conv_general_dilated(x, w, (stride, stride), pad, feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    def ours(x, w):
+        return ops.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)
+    def grad(f):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.square(f(x, w).astype(jnp.float32))), (0, 1)))
     found = {"XLA": (jax.jit(xla), grad(xla))}
     if groups > 1 and groups == x.shape[-1] == w.shape[-1]:
-        shifted = lambda x, w: ops.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)  # its own jit cache
+        def shifted(x, w):
+            return ops.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)  # its own jit cache
         with mock.patch.object(onednn, "available", lambda: False):  # traced here, so the shifted path is kept
             found["shifted"] = (jax.jit(shifted).lower(x, w).compile(), grad(shifted).lower(x, w).compile())
     if "cnn_jax_conv" in jax.jit(ours).lower(x, w).as_text():

@@ -7,7 +7,8 @@ workdir with every format (``cnn_jax.export.portable``). Each runtime is then me
 latency at batch 1 (median of ``--latency_runs`` calls after warm-up) and throughput at batch 64 (images/s over
 at least ``--min_seconds``), with PyTorch eager (``benchmarks/bench_lib/torch_runner``'s mirror of the model, NCHW,
 ``model.eval()`` under ``torch.inference_mode()``) as the reference, on every core (``torch``) and on one
-(``torch_1thread``: on a shared machine OpenMP's threads wait for each other when one is descheduled). Start-up is the wall time of a whole
+(``torch_1thread``: on a shared machine OpenMP's threads wait for each other when one is descheduled). Start-up is the
+wall time of a whole
 ``scripts/predict.py`` process that classifies one image with that runtime. One JSON object per line goes to
 ``--out``, and a table to stdout.
 """
@@ -58,8 +59,8 @@ def _runner(runtime: str, model_name: str, workdir: str):
 
     if runtime in ("torch", "torch_1thread"):
         import torch
-
         from bench_lib import torch_runner
+
         from cnn_jax.export import read_meta
 
         meta = read_meta(os.path.join(workdir, "export"), "")
@@ -81,8 +82,8 @@ def _runner(runtime: str, model_name: str, workdir: str):
 def _torch_spec(model_name, meta):
     import jax
     import numpy as np
-
     from bench_lib import RecordSpec
+
     from cnn_jax.ops import count_params
 
     model = meta.build()

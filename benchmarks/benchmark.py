@@ -15,7 +15,8 @@ The models: `simple_cnn` (28x28x1, 10 classes) and `resnet20` (32x32x3, 10 class
 `mobilenet_v2` and `resnet50` (224x224x3, 1000 classes) at `--batch_size_224`, smaller because an image at 224x224
 costs 8x (mobilenet_v2) to 100x (resnet50) the FLOPs of a resnet20 image. The same architecture runs in every
 framework: torch and Keras versions of simple_cnn and resnet20 are written out in `benchmarks/bench_lib/` to mirror
-cnn_jax's; mobilenet_v2 and resnet50 come from torchvision and `keras.applications` (weights=None). Every child process asserts that its model's trainable-parameter count
+cnn_jax's; mobilenet_v2 and resnet50 come from torchvision and `keras.applications` (weights=None). Every child
+process asserts that its model's trainable-parameter count
 equals cnn_jax's (for Keras' applications, that of cnn_jax's `variant="keras"`). One optimizer for all: SGD,
 momentum 0.9, learning rate 0.01, softmax cross-entropy on logits.
 
@@ -43,7 +44,8 @@ so `peak_mem_mb` is that process's peak resident memory (`ru_maxrss`: the framew
 model, the optimizer state and one step's activations). `compile_s` is the time of the first step, tracing and compiling
 included. `--warmup_steps` more steps run untimed; then rounds of `--steps` steps are timed until at least
 `--min_seconds` have passed, and `images_per_sec` is timed images over timed seconds. `flops_fraction` is the
-model FLOP/s achieved divided by the machine's float32 matmul FLOP/s (for bfloat16 records too), measured once per run with numpy (its BLAS,
+model FLOP/s achieved divided by the machine's float32 matmul FLOP/s (for bfloat16 records too), measured once per run
+with numpy (its BLAS,
 faster than XLA's dot on the 2-core CPU; a 2048x2048 product, best of 10). Model FLOPs per image come from XLA's
 cost analysis of the cnn_jax forward pass at batch 1: 2 FLOPs per multiply-add, where XLA counts a convolution's
 multiply-adds with real inputs only, not with its zero padding (so resnet20 has 74.8 MFLOPs, not the 81 of
@@ -84,10 +86,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app
-
 from bench_lib import RecordSpec, figure
 from bench_lib.plan import DTYPES, FRAMEWORKS, MODES, NUM_CLASSES, is_imagenet, plan
 from bench_lib.worker import RESULT_PREFIX
+
 from cnn_jax import cli, huge_pages, models, ops
 
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -282,7 +284,8 @@ def format_table(records: list, meta: dict) -> str:
     key = figure.group_key
     torch_speed = {key(r): r["images_per_sec"] for r in records if r["framework"] == "torch"}
     vs_fastest_peer = figure.relative_to_fastest_peer(records)
-    times = lambda value: "-" if value is None else f"{value:.2f}x"
+    def times(value):
+        return "-" if value is None else f"{value:.2f}x"
     header = ("framework", "model", "mode", "dtype", "batch", "images/s", "vs torch", "vs fastest peer",
               "compile s", "peak MB", "FLOPs frac")
     rows = [header]

@@ -1,7 +1,8 @@
 """Where a jitted training or inference step's time goes on the CPU: the XLA thunks of one step, grouped by what
 they compute.
 
-    python benchmarks/profile_step.py [--model=resnet20] [--mode=train] [--batch_size=128] [--dtype=float32] [--steps=10]
+    python benchmarks/profile_step.py [--model=resnet20] [--mode=train] [--batch_size=128] [--dtype=float32] \\
+        [--steps=10]
 
 Runs the training engine's own `train_step` (SGD momentum, as `benchmarks/benchmark.py` does), or for
 `--mode=infer` the model's evaluation forward pass (`train=False`, as the benchmark's inference), under `jax.profiler`,
@@ -31,7 +32,6 @@ from absl import app
 
 from cnn_jax import cli, freed_memory, huge_pages, models
 from cnn_jax.train import TrainConfig, create_train_state, make_optimizer, make_train_step
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +121,8 @@ def main(argv):
         step = jax.jit(lambda state, batch: (state, state.apply_fn(state.variables, batch["image"], train=False)))
     step_call = step.lower(state, batch).compile()
     output = 0 if opts.mode == "train" else 1  # the new state, or the logits
-    run = lambda state: step_call(state, batch)[output]
+    def run(state):
+        return step_call(state, batch)[output]
     instructions, bodies = parse_hlo(step_call.as_text())
     for _ in range(3):
         jax.block_until_ready(run(state) if opts.mode == "infer" else (state := run(state)))

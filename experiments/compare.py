@@ -108,8 +108,9 @@ def _arm(name: str, setting: str, recipe: run.Experiment, model: Optional[str] =
     return Arm(name, setting, dataclasses.replace(recipe, model=model or recipe.model, model_kwargs=model_kwargs))
 
 
-def _zoo_arm(model: str, setting: str, recipe: run.Experiment = cifar10.recipe()) -> Arm:
-    return _arm(model, setting, recipe, model, **_CIFAR10_STATS)
+def _zoo_arm(model: str, setting: str, recipe: Optional[run.Experiment] = None) -> Arm:
+    """Zoo ``model`` on CIFAR-10 under ``recipe`` (default: the cifar10 recipe)."""
+    return _arm(model, setting, recipe or cifar10.recipe(), model, **_CIFAR10_STATS)
 
 
 STUDIES = {study.name: study for study in (

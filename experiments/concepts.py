@@ -29,7 +29,15 @@ from matplotlib.patches import Rectangle
 from cnn_jax import cli
 from cnn_jax.layers import Conv
 from cnn_jax.ops import (
-    LayerGeometry, avg_pool, conv2d, conv_output_size, count_params, max_pool, receptive_field, same_padding)
+    LayerGeometry,
+    avg_pool,
+    conv2d,
+    conv_output_size,
+    count_params,
+    max_pool,
+    receptive_field,
+    same_padding,
+)
 from cnn_jax.plots.training import _save
 from cnn_jax.workdir_files import CONCEPTS_FILE, FIGURES_DIR
 
@@ -293,7 +301,7 @@ def main(argv) -> None:
         config = cli.parse(Concepts())
         write_figures(config.workdir, config.image_size)
     except ValueError as error:
-        raise SystemExit(f"error: {error}")
+        raise SystemExit(f"error: {error}") from None
     print(f"figures in {os.path.join(config.workdir, FIGURES_DIR)}")
 
 

@@ -34,7 +34,7 @@ def main(argv):
         spec = models.model_spec(name)
         model = models.get_model(name, config.num_classes)
         images = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
-        variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)
+        variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
         shape = "x".join(map(str, spec.input_shape))
         print(f"{name:<20}{shape:<16}{ops.count_params(variables['params']):>14,}  {spec.description}")
 

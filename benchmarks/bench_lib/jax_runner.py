@@ -1,6 +1,7 @@
 """cnn_jax's steps, as users run them: the training engine's jitted `train_step` (donated state,
 SGD from `make_optimizer`) and, for inference, the engine's jitted evaluation apply (`state.apply_fn`, which is
-`cnn_jax.fused.fused_apply(model)`: each evaluation ConvBN as one kernel where the CPU allows). `spec.dtype == "bfloat16"`
+`cnn_jax.fused.fused_apply(model)`: each evaluation ConvBN as one kernel where the CPU allows). `spec.dtype ==
+"bfloat16"`
 builds the model as `--half_precision` does: bf16 compute, float32 params, optimizer state and loss.
 
 The persistent compilation cache is switched off, so `compile_s` is a cold compile, unless the spec names a cache

@@ -131,7 +131,8 @@ def build(spec: RecordSpec) -> Runner:
     images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     labels = torch.from_numpy(labels).long()
     forward = torch.compile(model) if spec.framework == "torch_compile" else model
-    precision = lambda: torch.autocast("cpu", torch.bfloat16, enabled=spec.dtype == "bfloat16")
+    def precision():
+        return torch.autocast("cpu", torch.bfloat16, enabled=spec.dtype == "bfloat16")
 
     if spec.mode == "train":
         model.train()

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
-from cnn_jax.export.meta import ExportError
 from cnn_jax import ops
+from cnn_jax.export.meta import ExportError
 
 BATCH = 7919
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",

@@ -6,8 +6,13 @@ an op is chosen here alone, by one switch, ``kernels(mode)`` (``ops.switch``); t
 join several ops are in ``ops.fast``.
 """
 from cnn_jax.ops.arithmetic import LayerGeometry, ReceptiveField, conv_output_size, count_params, receptive_field
-from cnn_jax.ops.batch_norm import (batch_norm, batch_norm_train, batch_norm_train_reference, batch_statistics,
-                                    fold_batch_norm)
+from cnn_jax.ops.batch_norm import (
+    batch_norm,
+    batch_norm_train,
+    batch_norm_train_reference,
+    batch_statistics,
+    fold_batch_norm,
+)
 from cnn_jax.ops.checks import check_images
 from cnn_jax.ops.conv import conv2d, conv2d_reference
 from cnn_jax.ops.fast import conv2d_epilogue

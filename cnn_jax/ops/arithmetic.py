@@ -35,7 +35,8 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: padding_l
         raise ValueError(f"padding must be non-negative, got {padding!r}")
     out = (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
     if out < 1:
-        raise ValueError(f"a kernel of {kernel} (dilation {dilation}) does not fit an input of {size} padded by {(lo, hi)}")
+        raise ValueError(f"a kernel of {kernel} (dilation {dilation}) does not fit an input of {size} padded by "
+                         f"{(lo, hi)}")
     return out
 
 
@@ -62,7 +63,8 @@ def conv_output_hw(size_hw, kernel_hw, strides, pads, dilations) -> tuple[int, i
                  for axis in (0, 1))
 
 def receptive_field(layers: Sequence) -> ReceptiveField:
-    """Receptive field of the last layer of a stack, each layer a ``LayerGeometry`` or (kernel, stride[, padding[, dilation]]).
+    """Receptive field of the last layer of a stack, each layer a ``LayerGeometry`` or (kernel, stride[, padding[,
+    dilation]]).
 
     Recurrence: ``jump_out = jump * stride``, ``size_out = size + (k_eff - 1) * jump``,
     ``start_out = start + ((k_eff - 1) / 2 - padding) * jump`` with ``k_eff = dilation * (kernel - 1) + 1``.

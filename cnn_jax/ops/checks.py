@@ -13,7 +13,8 @@ def check_images(x: jnp.ndarray, model: str, min_size: int) -> None:
         raise ValueError(f"{model} expects float images in [0, 1], got dtype {x.dtype}; "
                          "convert uint8 pixels with images.astype('float32') / 255")
     if min(x.shape[1:3]) < min_size:
-        raise ValueError(f"{model} needs images of at least {min_size}x{min_size} pixels, got {x.shape[1]}x{x.shape[2]}")
+        raise ValueError(f"{model} needs images of at least {min_size}x{min_size} pixels, got "
+                         f"{x.shape[1]}x{x.shape[2]}")
 
 
 def check_conv_operands(x: jnp.ndarray, kernel: jnp.ndarray, groups: int) -> None:

@@ -43,7 +43,8 @@ def resolve(padding: PaddingLike, sizes, kernels, strides, dilations=(1, 1)):
     if isinstance(padding, str):
         name = padding.upper()
         if name not in _NAMED:
-            raise ValueError(f"unknown padding {padding!r}: use one of {_NAMED}, an int, or ((top, bottom), (left, right))")
+            raise ValueError(f"unknown padding {padding!r}: use one of {_NAMED}, an int, or "
+                             "((top, bottom), (left, right))")
         if name == "VALID":
             return ((0, 0), (0, 0)), "zeros"
         pads = tuple(same_padding(n, k, s, d) for n, k, s, d in zip(sizes, kernels, strides, dilations))

@@ -10,7 +10,8 @@ be an ``ExternalLink`` into another HDF5 file, and a ``virtual`` dataset maps ot
 HDF5 does not build in is loaded as a plugin library. Any of these, in the file or in an ``.h5`` inside a
 ``.keras`` archive, is refused before Keras opens it (``check_hdf5``); otherwise another file's bytes (a secret)
 could become weights, then a cache entry and a shared export. So are datasets, and ``.keras`` members, that would
-inflate to more than ``MAX_INFLATION`` times the file (Keras reads each dataset whole). Keras then reads a private copy of the checked
+inflate to more than ``MAX_INFLATION`` times the file (Keras reads each dataset whole). Keras then reads a private
+copy of the checked
 bytes, so what it loads is what was checked (and hashed).
 """
 from __future__ import annotations

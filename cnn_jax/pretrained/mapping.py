@@ -17,8 +17,8 @@ from typing import Callable, Dict, FrozenSet, Mapping, NamedTuple, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 from flax import linen as nn
+from flax import traverse_util
 
 from cnn_jax.pretrained.errors import WeightMappingError
 

@@ -89,7 +89,8 @@ def parse_safetensors(data: bytes, path: str) -> Dict[str, np.ndarray]:
     size = int.from_bytes(data[:8], "little")
     if len(data) < 8 or 8 + size > len(data) or size > MAX_HEADER_BYTES:
         raise CorruptWeightsError(f"cannot load {path}: its header length {size:,} exceeds the file's {len(data):,} "
-                                  f"bytes or the {MAX_HEADER_BYTES:,} a weights file needs; it is truncated, crafted or "
+                                  f"bytes or the {MAX_HEADER_BYTES:,} a weights file needs; it is truncated, "
+                                  "crafted or "
                                   "not a .safetensors file")
     try:
         header = json.loads(data[8:8 + size], parse_constant=_no_constant)

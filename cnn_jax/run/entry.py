@@ -7,10 +7,12 @@ It is light to import (no JAX), so that the process setup, which may re-execute 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Callable, Optional, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from cnn_jax import cli
 from cnn_jax.run.process import Process, setup_process
@@ -21,6 +23,8 @@ def main(recipe: Callable, train_experiment: Optional[Callable] = None,
     """The command of `recipe()` (a `cnn_jax.run.Training`): sets up the process from the flags that set it up,
     defines a flag for every setting (the recipe's values as defaults, --workdir required) and runs
     `cnn_jax.run.execute`; a process setting that cannot work prints one `error:` line and exits 1."""
+    absl_logging.use_absl_handler()  # the setup's own lines (e.g. "process 0 of 2 joined the run") are shown
+    logging.getLogger("cnn_jax").setLevel(logging.INFO)
     try:
         setup_process(process_settings(sys.argv))
     except ValueError as error:
