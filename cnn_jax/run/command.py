@@ -2,6 +2,7 @@
 signal that stopped the run at a checkpoint exits `PREEMPTED_EXIT_CODE`."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import sys
@@ -11,7 +12,7 @@ from typing import Callable, Optional
 from absl import app
 from absl import logging as absl_logging
 
-from cnn_jax import cli
+from cnn_jax import cli, ops
 from cnn_jax.data import DatasetUnavailableError
 from cnn_jax.run.config import Training
 from cnn_jax.run.experiment import train_experiment as default_train_experiment
@@ -36,7 +37,9 @@ def execute(argv, recipe: Training, train_experiment: Optional[Callable] = None,
     logging.getLogger("cnn_jax").setLevel(logging.INFO)
     try:
         config = cli.parse(recipe) if flag_values is None else cli.parse(recipe, flag_values)
-        results = (train_experiment or default_train_experiment)(config)
+        kernels = config.run.kernels
+        with ops.kernels(kernels) if kernels else contextlib.nullcontext():
+            results = (train_experiment or default_train_experiment)(config)
     except Preempted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)

@@ -21,17 +21,21 @@ __all__ = ["AugmentConfig", "DataConfig", "Experiment", "Run", "TrainConfig", "T
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """Where and how the command runs: nothing here changes what it computes.
+    """Where and how the command runs: nothing here changes what it computes (beyond rounding).
 
     Attributes:
       workdir: run directory: checkpoints, metrics, figures, results, export. Rerunning with the
         same workdir resumes.
       extend_epochs: accept a larger --epochs than the workdir's run was started with, to train a
         finished run on (its schedule is then recomputed over the new total).
+      kernels: which kernels compute the ops (cnn_jax.ops.kernels): fast (oneDNN and joined kernels where
+        they serve), separate (one kernel per op), portable (standard JAX only); default: $CNN_JAX_KERNELS, else
+        fast.
       process: the process setup (`cnn_jax.run.setup_process`).
     """
     workdir: Optional[str] = bookkeeping(None)
     extend_epochs: bool = bookkeeping(False)
+    kernels: Optional[Literal["fast", "separate", "portable"]] = bookkeeping(None)
     process: Process = Process()
 
 

@@ -100,3 +100,31 @@ def test_an_installed_cnn_jax_runs_a_recipe_of_ones_own(tmp_path):
     results = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
     assert results["steps"] == 2 and results["flags"]["model"] == "simple_cnn"
     assert "test accuracy" in proc.stdout
+
+
+@pytest.mark.parametrize("argv,expected", [([], "fast"), (["--kernels=portable"], "portable"),
+                                           (["--kernels=separate"], "separate")])
+def test_the_kernels_flag_sets_the_mode_the_run_traces_in(tmp_path, argv, expected):
+    """`--kernels` is the one flag of `ops.kernels`: the run (everything `train_experiment` does) sees its mode,
+    and the process's mode is back as it was afterwards."""
+    from absl import flags
+
+    from cnn_jax import cli
+    from cnn_jax.ops import switch
+    from cnn_jax.run import command
+    from experiments import mnist
+
+    seen = []
+
+    def train_experiment(config):
+        seen.append(switch.mode())
+        return {}
+
+    recipe = mnist.recipe()
+    values = flags.FlagValues()
+    cli.define_flags(recipe, flag_values=values)
+    values(["prog", f"--workdir={tmp_path}", *argv])
+    command.execute(["prog"], recipe, train_experiment=train_experiment, report=lambda results, config: "",
+                    flag_values=values)
+    assert seen == [expected] and switch.mode() == "fast"
+    assert values["kernels"].parser.enum_values == list(switch.MODES)  # the flag offers exactly the switch's modes
