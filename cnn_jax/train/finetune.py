@@ -118,8 +118,7 @@ def overlay(fresh: Mapping, given: Mapping) -> dict:
 def _start_variables(model: nn.Module, image_shape: tuple, key: jax.Array,
                      given: Mapping) -> dict:
     """Fresh variables overlaid with ``given``, in one compilation: XLA drops the initializers of
-    everything ``given`` replaces. (Compiling EfficientNet-Lite0's whole initialization takes
-    ~30 s on a 2-core CPU; this ~2 s.)"""
+    everything ``given`` replaces, so a pretrained backbone's initializers are never compiled."""
     return overlay(init_variables(model, image_shape, key), given)
 
 
