@@ -8,10 +8,14 @@ index ranges). A missing or different sum, a file that does not parse or content
 logged, decoded again and rewritten, never a traceback. A write that fails (a full disk, a read-only home) is
 logged and skipped.
 
+Before a cache file is read or written, its directory is checked (``caches.private_dir``): this user's, written
+by no one else, and not replaceable through a directory above it. A directory that fails is a miss, with one
+warning that names the problem and the fix, and nothing is written there.
+
 What the sum catches: a file cut short or damaged, or put in the cache by anything but this module (a planted
-file, one copied from elsewhere). What it does not: whoever can write the cache directory can write a sum too,
-so it guards nothing in a directory that other users can write; the contents checks still keep such a file from
-indexing out of range.
+file, one copied from elsewhere). What it does not: whoever can write the cache directory can write a sum too;
+the directory check keeps other users out, leaving this user and root (see ``cnn_jax.caches``). The contents
+checks still keep any file that passes from indexing out of range.
 """
 from __future__ import annotations
 
@@ -24,13 +28,14 @@ from typing import BinaryIO, Callable, Optional, TypeVar
 
 import numpy as np
 
-from cnn_jax.caches import cache_dir
+from cnn_jax.caches import UnsafeCacheDirError, cache_dir, private_dir
 from cnn_jax.files import write_atomically
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when what a cache file holds changes (it is part of every key)
 SUM_SUFFIX = ".sha256"
+_SUM_CHARS = 80  # a sum file holds 64 hex digits and a newline: more is not one, and is not read
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 T = TypeVar("T")
 
@@ -48,10 +53,17 @@ class _Mapping(mmap.mmap):
 
 
 def _load_verified(path: str, parse: Callable[[BinaryIO], T]) -> tuple[Optional[T], str]:
-    """(``parse`` of the file's bytes, "") when the file and its sum are there and agree, else (None, why not)."""
+    """(``parse`` of the file's bytes, "") when its directory passes ``private_dir`` and the file and its sum are
+    there and agree, else (None, why not)."""
+    try:
+        private_dir(os.path.dirname(path))
+    except UnsafeCacheDirError as error:
+        return None, str(error)
+    except OSError:  # the directory cannot be made (a read-only home): nothing is cached there
+        return None, "absent"
     try:
         with open(path + SUM_SUFFIX, encoding="ascii") as file:
-            expected = file.read().strip()
+            expected = file.read(_SUM_CHARS).strip()
         with open(path, "rb") as file, _Mapping(file.fileno(), 0, access=mmap.ACCESS_READ) as contents:
             if hashlib.sha256(contents).hexdigest() != expected:
                 return None, "its SHA-256 differs from the one written beside it"
@@ -63,9 +75,10 @@ def _load_verified(path: str, parse: Callable[[BinaryIO], T]) -> tuple[Optional[
 
 
 def _save_verified(path: str, write: Callable[[BinaryIO], None]) -> bool:
-    """Writes the file, then its SHA-256 beside it; False (logged) when either write fails."""
+    """Writes the file, then its SHA-256 beside it, in a directory that passes ``private_dir``; False (logged) when
+    the directory fails or either write fails."""
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        private_dir(os.path.dirname(path))
         write_atomically(path, write)
         with open(path, "rb") as file:
             digest = hashlib.file_digest(file, "sha256").hexdigest()
