@@ -13,9 +13,9 @@ in a ``custom_jvp`` whose derivative is that of the same function written as sep
 """
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core
 from jax.interpreters import ad, batching, mlir
 
@@ -143,19 +143,19 @@ def _fused_lower(x, w, scale, shift, *residual, shape, geometry, activation):
 def _fused_batch(args, dims, *, shape, geometry, activation):
     """Folds a vmapped axis of the images (and residual) into the batch where kernel, scale and shift are shared;
     loops over it otherwise."""
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+    args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims, strict=True)]
     x, w, scale, shift, *residual = args
     x_dim, w_dim, scale_dim, shift_dim, *residual_dim = dims
     if w_dim is None and scale_dim is None and shift_dim is None:
         x = jnp.broadcast_to(x, (size,) + x.shape) if x_dim is None else x
         residual = [jnp.broadcast_to(r, (size,) + r.shape) if d is None else r
-                    for r, d in zip(residual, residual_dim)]
+                    for r, d in zip(residual, residual_dim, strict=True)]
         folded = [a.reshape((-1,) + a.shape[2:]) for a in (x, *residual)]
         y = fused_p.bind(folded[0], w, scale, shift, *folded[1:], shape=(size * shape[0],) + tuple(shape[1:]),
                          geometry=geometry, activation=activation)
         return y.reshape((size,) + tuple(shape)), 0
-    args = [jnp.broadcast_to(a, (size,) + a.shape) if d is None else a for a, d in zip(args, dims)]
+    args = [jnp.broadcast_to(a, (size,) + a.shape) if d is None else a for a, d in zip(args, dims, strict=True)]
     rows = [fused_p.bind(*[a[i] for a in args], shape=shape, geometry=geometry, activation=activation)
             for i in range(size)]
     return jnp.stack(rows), 0
