@@ -27,9 +27,18 @@ def float32_precision():
 
 
 @pytest.fixture(autouse=True, scope="session")
-def input_cache(tmp_path_factory):
-    """Decoded datasets are cached for this test session only (its subprocesses inherit the variable), so tests
-    neither read nor fill the user's ~/.cache/cnn_jax."""
+def session_caches(tmp_path_factory):
+    """Caches are this test session's own (its subprocesses inherit the variable), so tests neither read nor fill
+    the user's; except the compiled oneDNN library, which the user's runs use as they are: keyed by its source and
+    versions, loaded only from a directory of the user's own with its SHA-256, so the user's is linked in rather than
+    compiled again by every session. Where the user's is refused, the session builds its own."""
+    from cnn_jax import caches
+
+    root = tmp_path_factory.mktemp("cnn_jax_cache")
+    try:
+        (root / "onednn").symlink_to(caches.private_dir(caches.cache_dir("onednn")), target_is_directory=True)
+    except OSError:  # caches.UnsafeCacheDirError included: the library is built in this session's cache
+        pass
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CNN_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("cnn_jax_cache")))
+        patch.setenv(caches.CACHE_ENV, str(root))
         yield

@@ -1,7 +1,8 @@
 """Single image files: checked before they are decoded, then decoded and resized as every reader resizes.
 
 ``check_image_file`` reads only a file's header (Pillow opens lazily) and refuses, before TensorFlow decodes
-anything, a file Pillow cannot read the header of, a format TensorFlow does not decode, and a decompression bomb:
+anything, what is not a regular file (a named pipe would block the reader, a device never end), a file Pillow
+cannot read the header of, a format TensorFlow does not decode, and a decompression bomb:
 an image whose decoded pixels, every frame's for an animation, exceed ``MAX_PIXELS`` (a few hundred KB of PNG
 can claim gigapixels of zeros, and TensorFlow decodes every frame of a GIF to keep the first), and an animated
 WebP (TensorFlow decodes it to RGBA only, and aborts the process on some requests for other channels). Every reader of
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from typing import BinaryIO, Optional, Sequence
 
@@ -102,15 +104,21 @@ def _header_problem(file: BinaryIO, size: int) -> Optional[str]:
 
 
 def _opened(path: str) -> tuple[Optional[BinaryIO], str]:
-    """(the file open for reading, "") or (None, why it cannot be opened)."""
+    """(the regular file open for reading, "") or (None, why it cannot be read). A named pipe is opened without
+    waiting for a writer, then refused with devices and sockets: reading one could block or never end."""
     try:
-        return open(path, "rb"), ""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, "no such file"
-    except IsADirectoryError:
-        return None, "a folder, not an image file"
     except OSError as error:
         return None, f"cannot be read ({error.strerror or error}): fix: give this user read permission"
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(fd)
+        what = "a folder" if kind == stat.S_IFDIR else "a named pipe, socket or device"
+        return None, f"{what}, not an image file"
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb"), ""
 
 
 def image_problem(path: str) -> Optional[str]:

@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -244,3 +245,100 @@ def test_a_damaged_header_is_refused_or_passed_never_raised(tmp_path_factory, ki
         data.check_image_file(str(path))
     except data.UnreadableImageError as error:
         assert error.reason and "\n" not in error.reason
+
+
+def test_a_planted_cache_with_its_sum_in_a_directory_others_can_write_is_ignored(tmp_path, monkeypatch, caplog):
+    """Whoever can write the cache directory can write a matching sum too: such a directory is neither read nor
+    written, with one warning that says how to fix it."""
+    monkeypatch.setenv("CNN_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder_with(tmp_path / "pets", "notes.txt", b"not an image")
+    first = image_folder.scan_image_folder(str(root), (8, 8))
+    (cache,) = (tmp_path / "cache" / "input").glob("folder-*.npy")
+    digest = _plant(cache, lambda out: np.save(out, np.asarray([0], np.int64)))  # one file, the right shape
+    cache.with_name(cache.name + ".sha256").write_text(digest)
+    cache.parent.chmod(0o777)
+    with caplog.at_level(logging.WARNING):
+        again = image_folder.scan_image_folder(str(root), (8, 8))
+    assert again[1] == first[1] and again[3] == first[3]  # scanned again, not the planted one file
+    assert f"cache directory {cache.parent} can be written by group or others (mode 777)" in caplog.text
+    assert "chmod go-w" in caplog.text
+    assert np.load(cache).tolist() == [0]  # and nothing rewritten there
+
+    arrays = tmp_path / "cache" / "input" / "tfds-x.npz"
+    decode_cache.save_arrays(str(arrays), ("a", "b"), {"train": (np.zeros((2, 1, 1, 1), np.uint8),
+                                                                np.zeros(2, np.int32))})
+    assert not arrays.exists()
+
+
+def _png(path, value: int) -> None:
+    Image.new("L", (6, 4), value).save(path)
+
+
+def test_links_are_followed_inside_the_folder_and_passed_over_otherwise(tmp_path, caplog):
+    """One rule wherever a link is: a class folder, a folder in a class, a file. Before, a linked class folder was
+    read and a linked folder inside a class silently skipped."""
+    root, outside = tmp_path / "pets", tmp_path / "elsewhere"
+    for folder, count in ((root / "cat", 3), (root / "dog", 3), (root / ".store" / "birds", 2),
+                          (root / ".store" / "cats", 2), (outside, 2)):
+        folder.mkdir(parents=True)
+        for i in range(count):
+            _png(folder / f"{i}.png", 10 * i)
+    (root / "bird").symlink_to(root / ".store" / "birds")  # a linked class folder, inside: read
+    (root / "cat" / "more").symlink_to(root / ".store" / "cats")  # a linked folder in a class, inside: read
+    (root / "cat" / "loop").symlink_to(root / "cat")  # inside, but read already: passed over
+    passed_over = {root / "fish": outside, root / "dog" / "far": outside, root / "dog" / "far.png": outside / "0.png",
+                   root / "dog" / "gone.png": root / "nothing.png"}
+    for link, target in passed_over.items():
+        link.symlink_to(target)
+
+    with caplog.at_level(logging.WARNING):
+        folder = image_folder.read_image_folder(str(root), (4, 4))
+    assert folder.class_names == ("bird", "cat", "dog")
+    assert np.bincount(folder.labels).tolist() == [2, 5, 3]
+    assert sorted(folder.skipped) == sorted(map(str, [*passed_over, root / "cat" / "loop"]))
+    assert f"passed over 5 entries of {root}" in caplog.text
+    assert (f"{root / 'fish'}: a symbolic link to {outside}, outside the image folder: not followed; fix: copy or "
+            "move what it points to into the folder") in caplog.text
+    assert f"{root / 'cat' / 'loop'}: a link to a folder read already (a loop" in caplog.text
+
+    names, paths, labels, skipped = image_folder.scan_image_folder(str(root), (4, 4))  # streaming: the same files
+    assert names == folder.class_names and labels.tolist() == folder.labels.tolist()
+    assert sorted(skipped) == sorted(folder.skipped)
+    assert sorted(os.path.relpath(p, root) for p in paths if "/cat/" in p) == [
+        "cat/0.png", "cat/1.png", "cat/2.png", "cat/more/0.png", "cat/more/1.png"]
+
+
+def test_only_links_out_of_the_folder_leave_too_few_classes_with_the_reason(tmp_path):
+    outside = tmp_path / "elsewhere"
+    for name in ("cats", "dogs"):
+        (outside / name).mkdir(parents=True)
+        _png(outside / name / "0.png", 0)
+    (tmp_path / "pets").mkdir()
+    for name in ("cats", "dogs"):
+        (tmp_path / "pets" / name).symlink_to(outside / name)
+    with pytest.raises(ValueError, match=r"has 0 class subfolder\(s\).*\(2 entries passed over, e\.g\. .*cats: a "
+                                         r"symbolic link to .*outside the image folder"):
+        image_folder.read_image_folder(str(tmp_path / "pets"), (4, 4))
+    (tmp_path / "alias").symlink_to(outside)  # the image folder itself may be a link: inside is below its target
+    assert image_folder.read_image_folder(str(tmp_path / "alias"), (4, 4)).class_names == ("cats", "dogs")
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path, caplog):
+    """Opening a FIFO for reading waits for a writer: a planted one would hang the run. (Should the check wait, a
+    writer comes after 10 s, and the test fails on the message instead of hanging.)"""
+    root = _folder_with(tmp_path / "pets", "pipe.png", b"")
+    os.remove(root / "cat" / "pipe.png")
+    os.mkfifo(root / "cat" / "pipe.png")
+    timer = threading.Timer(10, lambda: os.close(os.open(root / "cat" / "pipe.png", os.O_WRONLY | os.O_NONBLOCK)))
+    timer.start()
+    try:
+        with pytest.raises(data.UnreadableImageError, match="pipe.png: a named pipe, socket or device, not an image"):
+            data.check_image_file(str(root / "cat" / "pipe.png"))
+        with pytest.raises(data.UnreadableImageError, match="pipe.png: a named pipe, socket or device"):
+            data.read_image(str(root / "cat" / "pipe.png"), (4, 4))
+        with caplog.at_level(logging.WARNING):
+            folder = image_folder.read_image_folder(str(root), (4, 4))
+    finally:
+        timer.cancel()
+    assert folder.skipped == (str(root / "cat" / "pipe.png"),) and len(folder.labels) == 6
+    assert "pipe.png: a named pipe, socket or device, not an image file" in caplog.text
