@@ -1,8 +1,9 @@
 """Shared test settings and fixtures.
 
 Hypothesis: every new shape is a new XLA compilation, so examples have no per-example deadline and are few; they
-are derandomized so that CI runs the same examples every time (``HYPOTHESIS_PROFILE=explore`` draws fresh,
-more numerous ones when hunting for bugs locally).
+are derandomized so that CI runs the same examples every time (profile "ci", the default).
+``HYPOTHESIS_PROFILE=thorough`` draws fresh examples, 10x as many, when hunting for bugs: every property honours
+it, those that set their own count through ``helpers.examples(n)``.
 """
 import os
 
@@ -14,8 +15,12 @@ settings.register_profile(
     "ci", deadline=None, max_examples=15, derandomize=True, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
-    "explore", deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+    "thorough", deadline=None, max_examples=150, derandomize=False, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if PROFILE not in ("ci", "thorough"):
+    raise pytest.UsageError(f"HYPOTHESIS_PROFILE={PROFILE!r} is not a profile: use 'ci' (the default) or 'thorough'")
+settings.load_profile(PROFILE)
 
 
 @pytest.fixture

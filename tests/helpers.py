@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import assume
+from hypothesis import assume, settings
 from hypothesis import strategies as st
 
 from cnn_jax import data, export
@@ -41,6 +41,36 @@ def conv_geometries(draw):
         assume(size + lo + hi >= (k - 1) * d + 1)
     return ((n, h, w, groups * in_per_group), (kh, kw, in_per_group, groups * out_per_group), strides, pads, dilations,
             groups)
+
+
+def examples(n: int) -> settings:
+    """``@settings`` for a property that draws ``n`` examples in the default profile ("ci"): that many times the
+    loaded profile's multiple of it (``HYPOTHESIS_PROFILE=thorough`` draws 10x as many), so that no property fixes
+    its own count."""
+    scale = settings.default.max_examples / settings.get_profile("ci").max_examples
+    return settings(max_examples=max(1, round(n * scale)))
+
+
+# --- random variables with non-trivial BatchNorm statistics -----------------------------------------------------
+
+def varied_variables(module, x, seed=0, **init_kwargs):
+    """Variables of ``module.init(key, x, **init_kwargs)``'s shapes, drawn by NumPy (Flax's initializers compile
+    slowly on CPU): He-normal kernels, BatchNorm scales and running variances in [0.5, 1.5], biases and running
+    means ~ N(0, 0.1^2), so that evaluation's BatchNorm does something and a swapped statistic shows."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            values = rng.normal(0, math.sqrt(2 / math.prod(leaf.shape[:-1])), leaf.shape)
+        elif name in ("scale", "var"):
+            values = rng.uniform(0.5, 1.5, leaf.shape)
+        else:
+            values = rng.normal(0, 0.1, leaf.shape)
+        return jnp.asarray(values, leaf.dtype)
+
+    abstract = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **init_kwargs), x)
+    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 # --- from run/test_experiments.py -----------------------------------------------------------------------------
