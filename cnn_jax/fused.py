@@ -1,15 +1,19 @@
-"""Evaluation with a layer's ops joined into one kernel: ``fused_apply(model)``.
+"""The engine's way to apply a model: ``fused_apply(model)``, ``model.apply`` with layers' ops joined in mode "fast".
 
-In evaluation a ``ConvBN`` is ``activation(conv(x) * multiplier + shift + residual)``, its BatchNorm folded into a
-per-channel ``multiplier`` and ``shift`` (``ops.fold_batch_norm``), and ``ops.conv2d_epilogue`` computes that as one
-oneDNN convolution with post-ops: one pass over memory instead of two or three. The layers stay as written;
-``fused_apply`` rewrites their evaluation through Flax's method interception, reading the variables that the
-layer's ``conv`` and ``bn`` declared, wherever ``ops.fast.fuses_epilogue`` holds (kernel mode "fast", oneDNN on
-this CPU). Everywhere else, in training, and at initialization, the layer runs as written.
+The layers stay as written (the maths); ``fused_apply`` reruns two of them through Flax's method interception,
+reading the variables the layer declared, where the kernel mode is "fast" (``ops.switch``):
 
-The training engine applies models through it (``create_train_state``), and so do predict and the benchmarks;
-``model.apply`` itself is the model as written, the function that ``cnn_jax.interpret`` and ``cnn_jax.export``
-trace.
+- an evaluation-mode ``ConvBN`` is ``activation(conv(x) * multiplier + shift + residual)``, its BatchNorm folded
+  into a per-channel ``multiplier`` and ``shift`` (``ops.fold_batch_norm``), which ``ops.conv2d_epilogue``
+  computes as one oneDNN convolution with post-ops where ``ops.fast.fuses_epilogue`` holds: one pass over memory
+  instead of two or three;
+- a ``ConvPool`` with a max pool and a non-decreasing activation (which commutes with the maximum) is
+  ``activation(ops.conv2d_max_pool(x))``, in training too: the bias and activation act on the pooled map, and a
+  VALID convolution computes only the outputs the pool reads.
+
+Everywhere else, and at initialization, the layer runs as written. The training engine applies models through it
+(``create_train_state``), and so do predict and the benchmarks; ``model.apply`` itself is the model as written,
+the function that ``cnn_jax.interpret`` and ``cnn_jax.export`` trace.
 """
 from __future__ import annotations
 
@@ -20,22 +24,43 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax import ops
-from cnn_jax.layers import ConvBN, padding_for
-from cnn_jax.ops import fast
+from cnn_jax.layers import ConvBN, ConvPool, padding_for
+from cnn_jax.ops import fast, switch
 
 _EPILOGUES = {None: None, nn.relu: "relu", nn.relu6: "relu6"}  # the activations the kernel applies, by function
 _CALL = inspect.signature(ConvBN.__call__)
+# Activations that never decrease, so that activation(max(...)) == max(activation(...)).
+_NON_DECREASING = (nn.relu, nn.relu6, nn.tanh, nn.sigmoid, nn.elu, nn.leaky_relu)
 
 
-def _convbn_in_one_kernel(next_fun, args, kwargs, context):
+def _fast_paths(next_fun, args, kwargs, context):
+    """The interception rule: a layer this module rewrites goes to its rule, every other call runs as written."""
     module = context.module
-    if not isinstance(module, ConvBN) or context.method_name != "__call__":
+    if context.method_name != "__call__" or module.is_initializing() or not switch.joins_ops():
         return next_fun(*args, **kwargs)
+    if isinstance(module, ConvBN):
+        return _convbn_in_one_kernel(module, next_fun, args, kwargs)
+    if isinstance(module, ConvPool):
+        return _conv_then_pool(module, next_fun, args, kwargs)
+    return next_fun(*args, **kwargs)
+
+
+def _conv_then_pool(module: ConvPool, next_fun, args, kwargs):
+    if module.pool is not ops.max_pool or module.activation not in _NON_DECREASING:
+        return next_fun(*args, **kwargs)
+    (x,) = args
+    params = module.variables["params"]
+    bias = params["bias"].astype(module.dtype) if module.use_bias else None
+    return module.activation(ops.conv2d_max_pool(
+        x.astype(module.dtype), params["kernel"].astype(module.dtype), bias, module.window, stride=module.strides,
+        padding=module.padding, dilation=module.dilation, groups=module.groups))
+
+
+def _convbn_in_one_kernel(module: ConvBN, next_fun, args, kwargs):
     call = _CALL.bind(module, *args, **kwargs)
     call.apply_defaults()
     x, train, residual = call.arguments["x"], call.arguments["train"], call.arguments["residual"]
-    if (train or module.is_initializing() or module.activation not in _EPILOGUES
-            or not fast.fuses_epilogue(module.dtype)):
+    if train or module.activation not in _EPILOGUES or not fast.fuses_epilogue(module.dtype):
         return next_fun(*args, **kwargs)
     params, stats = module.variables["params"], module.variables["batch_stats"]["bn"]
     scale = params["bn"]["scale"] if module.bn_use_scale else jnp.ones_like(params["bn"]["bias"])
@@ -51,9 +76,9 @@ def _convbn_in_one_kernel(next_fun, args, kwargs, context):
 
 @dataclasses.dataclass(frozen=True)
 class fused_apply:  # noqa: N801 -- a function to its callers; a value (equal for equal models) to jit
-    """``model.apply``, with each evaluation-mode ``ConvBN`` computed as one kernel where the mode allows."""
+    """``model.apply``, with the layers' ops joined where the mode allows (the module docstring says which)."""
     model: nn.Module
 
     def __call__(self, variables, *args, **kwargs):
-        with nn.intercept_methods(_convbn_in_one_kernel):
+        with nn.intercept_methods(_fast_paths):
             return self.model.apply(variables, *args, **kwargs)

@@ -1,4 +1,5 @@
-"""Convolution modules: a Linen ``Conv`` over ``ops.conv2d`` and ``ConvBN`` (conv + BatchNorm + activation)."""
+"""Convolution modules: a Linen ``Conv`` over ``ops.conv2d``, ``ConvPool`` (conv + activation + pool) and ``ConvBN``
+(conv + BatchNorm + activation)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -60,6 +61,20 @@ class Conv(nn.Module):
         return ops.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
                           None if bias is None else bias.astype(self.dtype), stride=self.strides,
                           padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+
+class ConvPool(Conv):
+    """Conv -> activation -> pool: one stage of a classic CNN (LeNet, the Keras MNIST convnet).
+
+    ``pool(activation(conv(x)), window)``, the pool (``ops.max_pool`` or ``ops.avg_pool``) over non-overlapping
+    ``window`` x ``window`` patches. Its parameters are the convolution's (``kernel``, ``bias``).
+    """
+    activation: Callable[[Array], Array] = nn.relu
+    pool: Callable = ops.max_pool
+    window: int = 2
+
+    def __call__(self, x: Array) -> Array:
+        return self.pool(self.activation(super().__call__(x)), self.window)
 
 
 class ConvBN(nn.Module):

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax import ops
-from cnn_jax.layers import Conv, ConvBN, Dropout, Normalize
+from cnn_jax.layers import Conv, ConvBN, ConvPool, Dropout, Normalize
 from cnn_jax.models.mlp import MNIST_MEAN, MNIST_STD, MLPHead
 from cnn_jax.models.registry import register
 from cnn_jax.ops.checks import check_images
@@ -70,8 +70,8 @@ class SimpleCNN(nn.Module):
         x = Normalize(self.mean, self.std)(x)
         pool, activation = POOLINGS[self.pooling], ACTIVATIONS[self.activation]
         for stage, features in enumerate(self.features, start=1):
-            x = Conv(features, self.kernel_size, padding="VALID", dtype=self.dtype, name=f"conv{stage}")(x)
-            x = pool(activation(x), 2)
+            x = ConvPool(features, self.kernel_size, padding="VALID", activation=activation, pool=pool, window=2,
+                         dtype=self.dtype, name=f"conv{stage}")(x)
             self.sow("intermediates", f"stage{stage}", x)
         self.sow("intermediates", "features", x)
         return MLPHead(self.num_classes, dropout=self.dropout, dtype=self.dtype, name="head")(x, train)

@@ -13,7 +13,8 @@ the device count and the shapes:
   convolution's, so a training step runs the same ops as in mode "separate".
 
 ``conv2d_epilogue`` is conv -> per-channel scale and shift -> (+ residual) -> activation, one oneDNN kernel in mode
-"fast" (evaluation's conv -> BatchNorm -> ReLU in one pass over memory), the separate ops elsewhere. A choice made
+"fast" (evaluation's conv -> BatchNorm -> ReLU in one pass over memory), the separate ops elsewhere.
+``conv2d_max_pool`` is conv -> max pool -> bias, which computes only the outputs the pool reads. A choice made
 for the CPU falls back to XLA's convolution on other backends (``lax.platform_dependent``). The measurements
 behind each choice are in BENCHMARKS.md.
 """
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax.ops import arithmetic, onednn, switch
+from cnn_jax.ops import arithmetic, onednn, pooling, switch
 from cnn_jax.ops import padding as padding_lib
 from cnn_jax.ops.checks import check_conv_operands
 from cnn_jax.ops.geometry import NO_PADS, ConvGeometry, conv_geometry
@@ -182,3 +183,23 @@ def conv2d_epilogue(x: jnp.ndarray, kernel: jnp.ndarray, scale: jnp.ndarray, shi
     if fuses_epilogue(x.dtype) and onednn_serves(x.dtype, g):
         return _epilogue_fused(x, kernel, scale, shift, residual, activation, g)
     return _epilogue_separately(x, kernel, scale, shift, residual, activation, g)
+
+
+def conv2d_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray], window: int, *,
+                    stride=1, padding: padding_lib.PaddingLike = "SAME", dilation=1, groups: int = 1) -> jnp.ndarray:
+    """``max_pool(conv2d(x, kernel, bias), window)`` over non-overlapping ``window`` x ``window`` patches, computed
+    as ``max_pool(conv2d(x, kernel), window) + bias`` (exact: the maximum commutes with adding a per-channel
+    constant), so the bias is added to the pooled map.
+
+    A VALID stride-1 convolution is given only the input rows and columns that reach an output the pool reads: the
+    ragged edge a floor-sized pool drops is never computed (a 13x13 map under a 3x3 kernel and a 2x2 pool: 10x10
+    outputs, not 11x11). ``cnn_jax.fused`` runs a ``layers.ConvPool`` through it in mode "fast".
+    """
+    check_conv_operands(x, kernel, groups)
+    g = conv_geometry(x, kernel, stride, padding, dilation, groups)
+    if g.pads == NO_PADS and tuple(g.strides) == (1, 1):
+        reach = [d * (k - 1) for d, k in zip(g.dilations, kernel.shape[:2])]
+        x = x[:, :(x.shape[1] - reach[0]) // window * window + reach[0],
+              :(x.shape[2] - reach[1]) // window * window + reach[1]]
+    y = pooling.max_pool(convolve(x, kernel.astype(x.dtype), g), window)
+    return y if bias is None else y + bias.astype(y.dtype)
