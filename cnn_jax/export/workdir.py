@@ -9,7 +9,8 @@ inference runs in float32 (params are float32 either way).
 
 Writing is durable: the new export is written into a temporary sibling directory (``meta.json`` last), every
 file and the directory are fsynced, and only then is it swapped in for the old one by renames. A write that
-fails or is cut short leaves the previous export as it was (and no half-written ``export/``). Portable
+fails or is cut short leaves the previous export as it was (and no half-written ``export/``). An ``export/`` that
+is a symbolic link is refused before anything is written (`cnn_jax.workdir_files.PlantedSymlink`). Portable
 artifacts made from an export (``cnn_jax.export.portable``) live in the same directory, so a re-export drops
 them with the weights they were made from.
 """
@@ -25,12 +26,22 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
-from cnn_jax.export import checks
-from cnn_jax.export.meta import (FORMAT, META_FILE, VARIABLES_FILE, ExportError, ExportMeta, export_dir, meta_text,
-                                 read_meta, rewrite_hint)
 from cnn_jax import pytrees
+from cnn_jax.export import checks
+from cnn_jax.export.meta import (
+    FORMAT,
+    META_FILE,
+    VARIABLES_FILE,
+    ExportError,
+    ExportMeta,
+    export_dir,
+    meta_text,
+    read_meta,
+    rewrite_hint,
+)
 from cnn_jax.files import fsync_directory, staging_path, swap_in, write_synced
 from cnn_jax.models import get_model
+from cnn_jax.workdir_files import entry_path
 
 _PINNED_FIELDS = ("mean", "std")
 _SHOWN_MISMATCHES = 5
@@ -47,7 +58,8 @@ def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], 
                 class_names: Sequence[str], image_shape: Sequence[int]) -> str:
     """Writes ``<workdir>/export/`` for the zoo model ``get_model(model_name, len(class_names), **model_kwargs)``
     with ``variables``; returns the directory. Raises ValueError when the variables do not fit that model at
-    ``image_shape`` or a kwarg cannot be stored as JSON."""
+    ``image_shape``, a kwarg cannot be stored as JSON, or ``export/`` is a symbolic link."""
+    directory = entry_path(*os.path.split(export_dir(workdir)))  # refused before any work
     class_names, image_shape = [str(name) for name in class_names], [int(s) for s in image_shape]
     kwargs = {key: value for key, value in model_kwargs.items() if key != "dtype"}
     model = get_model(model_name, len(class_names), **kwargs)
@@ -66,7 +78,6 @@ def save_export(workdir: str, model_name: str, model_kwargs: Mapping[str, Any], 
     except TypeError as error:
         raise ValueError(f"model_kwargs {kwargs} cannot be exported as JSON ({error}); pass plain numbers, "
                          "strings and lists") from None
-    directory = export_dir(workdir)
     os.makedirs(workdir, exist_ok=True)
     staged = staging_path(directory, "new")
     os.mkdir(staged)

@@ -8,7 +8,7 @@ import jax
 
 from cnn_jax import evaluation, export
 from cnn_jax.files import write_json
-from cnn_jax.workdir_files import FIGURES_DIR, RESULTS_FILE
+from cnn_jax.workdir_files import FIGURES_DIR, RESULTS_FILE, entry_path
 
 GRID_IMAGES = 24  # Test images in the prediction grid, up to half of them mistakes.
 log = logging.getLogger(__name__)
@@ -25,7 +25,8 @@ def write_report(workdir: str, outcome, results: dict, dataset, model_name: str,
 
 def write_figures(directory: str, outcome, dataset) -> None:
     """Training curves, confusion matrix, per-class accuracy and a grid of test predictions; a figure
-    that cannot be drawn is logged and skipped, since the run's results are already saved."""
+    that cannot be drawn is logged and skipped, since the run's results are already saved. A figure (or
+    ``directory``) that is a symbolic link is such a figure: never drawn through (`cnn_jax.workdir_files`)."""
     from cnn_jax import plots  # matplotlib, imported once the run is over rather than before its first step
 
     names, test = dataset.info.class_names, outcome.test
@@ -47,7 +48,7 @@ def write_figures(directory: str, outcome, dataset) -> None:
         if name == "training_curves.png" and not outcome.history:
             continue
         try:
-            draw(os.path.join(directory, name))
+            draw(entry_path(*os.path.split(os.path.abspath(directory)), name))
         except Exception as error:  # noqa: BLE001 - a figure must never cost the run its results.
             log.warning("figure %s skipped: %s: %s", name, type(error).__name__, error)
 

@@ -3,7 +3,8 @@
 The first start that trains records its settings in ``flags.json``; a later start in the same workdir must
 bring the same result-changing settings (its identity, `cnn_jax.settings.identity`) or it is refused before
 anything in the workdir changes. A setting that an older record lacks is read as the value that reproduces the
-old behaviour (``absent``).
+old behaviour (``absent``). A record that is not a JSON object (damaged, ``null``, a list, a number, a
+symbolic link) is refused with its file named, never overwritten as if the workdir were new.
 """
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from typing import Any, Iterator, Mapping, Optional
 import jax
 
 from cnn_jax import settings
-from cnn_jax.files import write_json
+from cnn_jax.files import json_excerpt, read_json, write_json
 from cnn_jax.run.lock import locked
-from cnn_jax.workdir_files import SETTINGS_FILE
+from cnn_jax.workdir_files import SETTINGS_FILE, check_entries, entry_path
 
 EXTENDED_KEY = "extended_from_epochs"
+_DAMAGED = ("the run's record of its settings is damaged: restore the file from a copy, or use another --workdir "
+            "(nothing in this one was changed)")
 
 
 class SettingsChanged(ValueError):
@@ -39,16 +42,18 @@ def make_workdir(workdir: str) -> None:
 
 
 def read_settings(workdir: str) -> Optional[dict]:
-    """The settings recorded at the workdir's first start, or None for a new workdir."""
-    path = os.path.join(workdir, SETTINGS_FILE)
+    """The settings recorded at the workdir's first start, or None for a new workdir.
+
+    Raises ValueError naming the file when the record is not a JSON object (`cnn_jax.files.read_json`)."""
+    path = entry_path(workdir, SETTINGS_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        record = read_json(path, _DAMAGED)
     except FileNotFoundError:
         return None
-    except ValueError as error:
-        raise SettingsChanged(f"{path} is not valid JSON ({error}): the run's record is damaged; restore it "
-                              f"or use another --workdir") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds {json_excerpt(record)} instead of the run's settings (a JSON object): "
+                         f"{_DAMAGED}")
+    return record
 
 
 def check_settings(workdir: str, record: Mapping[str, Any], identity: Mapping[str, Any],
@@ -105,18 +110,20 @@ def check_workdir(config, workdir: str, extra: Optional[Mapping[str, Any]] = Non
 
 @contextlib.contextmanager
 def claim(config, workdir: str, extra: Optional[Mapping[str, Any]] = None) -> Iterator[dict]:
-    """Creates and locks ``workdir`` (process 0 only; the others share its lock), checks the settings of
-    ``config`` plus ``extra`` against its record, and yields the record to keep.
+    """Creates and locks ``workdir`` (process 0 only; the others share its lock), refuses planted symbolic links
+    in it (`cnn_jax.workdir_files.check_entries`), checks the settings of ``config`` plus ``extra`` against its
+    record, and yields the record to keep.
 
     Nothing is written: the caller records the settings with ``write_settings`` once the run is about to train,
     so that a start that fails earlier (a misspelt dataset) leaves no record that would refuse its corrected rerun.
     """
     make_workdir(workdir)
     with locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        check_entries(workdir)
         yield check_settings(workdir, *records(config, workdir, extra), extend_epochs=config.run.extend_epochs)
 
 
 def write_settings(workdir: str, record: Mapping[str, Any]) -> None:
     """Records ``record`` (from ``claim``) as the workdir's settings, unless it holds exactly them already."""
     if dict(record) != read_settings(workdir):
-        write_json(os.path.join(workdir, SETTINGS_FILE), dict(record))
+        write_json(entry_path(workdir, SETTINGS_FILE), dict(record))

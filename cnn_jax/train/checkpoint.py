@@ -18,7 +18,7 @@ from typing import Optional
 import jax
 from flax import serialization
 
-from cnn_jax import files, pytrees
+from cnn_jax import files, pytrees, workdir_files
 from cnn_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,12 @@ class Checkpointer:
     """Saves and restores train states under `directory/<step>/`, keeping the latest few.
 
     The best checkpoint is a Checkpointer of its own with `max_to_keep=1`, saved to only when
-    the validation accuracy improves.
+    the validation accuracy improves. A `directory` that is a symbolic link is refused
+    (`cnn_jax.workdir_files.PlantedSymlink`): orbax would write, and delete old steps, wherever it points.
     """
 
     def __init__(self, directory: str, max_to_keep: int):
-        self.directory = os.path.abspath(directory)
+        self.directory = workdir_files.entry_path(*os.path.split(os.path.abspath(directory)))
         ocp = _orbax()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                cleanup_tmp_directories=True)

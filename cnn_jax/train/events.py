@@ -51,14 +51,14 @@ def _scalars(scalars: dict) -> bytes:
 
 
 class EventFileWriter:
-    """Appends scalar events to a new ``events.out.tfevents.<time>.<host>`` file in ``directory``; each write is
-    flushed, so TensorBoard sees it at once."""
+    """Appends scalar events to a new ``events.out.tfevents.<time>.<host>.<pid>`` file in ``directory``; each write
+    is flushed, so TensorBoard sees it at once. A symbolic link of that name is refused (OSError), not followed."""
 
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
         now = time.time()
         self.path = os.path.join(directory, f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}")
-        self._file = open(self.path, "ab")
+        self._file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "ab")
         self._file.write(record(_event(now, 0, file_version=FILE_VERSION)))
         self._file.flush()
 

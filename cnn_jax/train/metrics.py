@@ -9,11 +9,9 @@ import math
 import os
 import sys
 
-from cnn_jax.files import write_atomically
+from cnn_jax.files import json_excerpt, write_atomically
 from cnn_jax.train.events import EventFileWriter
-
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from cnn_jax.workdir_files import METRICS_FILE, TENSORBOARD_DIR, entry_path
 
 
 class MetricWriter:
@@ -26,17 +24,20 @@ class MetricWriter:
 
     With `write=False` (the processes other than the first in a multi-host run) files are only
     read: `history` is still kept, so every process makes the same decisions from it.
+
+    A `metrics.jsonl` or `tensorboard/` that is a symbolic link is refused (`cnn_jax.workdir_files`), neither
+    read nor written through.
     """
 
     def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True,
                  write: bool = True):
-        path = os.path.join(workdir, METRICS_FILE)
+        path, events = entry_path(workdir, METRICS_FILE), entry_path(workdir, TENSORBOARD_DIR)
         self.history = [r for r in read_records(path) if r["step"] <= resume_step]
         self._file = self._tensorboard = None
         if write:
             write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.history))
             self._file = open(path, "a", encoding="utf-8")
-            self._tensorboard = EventFileWriter(os.path.join(workdir, TENSORBOARD_DIR)) if tensorboard else None
+            self._tensorboard = EventFileWriter(events) if tensorboard else None
 
     def write(self, record: dict) -> None:
         """Writes one record: {"kind": "train" | "eval", "step": int, ...numbers}.
@@ -68,16 +69,22 @@ class MetricWriter:
 
 
 def read_records(path: str) -> list[dict]:
-    """The records of a metrics.jsonl file ([] if absent); a torn last line is dropped."""
+    """The records of a metrics.jsonl file ([] if absent). A line that is not JSON (a write cut short by a crash) is
+    dropped with everything after it; a line that is JSON but no record (an object with an integer "step"), which
+    the run never writes, is a ValueError naming the file and the line."""
     if not os.path.exists(path):
         return []
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
                 break  # A write cut short by a crash: everything after it is suspect.
+            if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+                raise ValueError(f"{path} line {number} holds {json_excerpt(record)}, not a metrics record (an object "
+                                 "with an integer \"step\"): restore the file, or delete that line, and rerun")
+            records.append(record)
     return records
 
 

@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import socket
@@ -83,23 +84,48 @@ def test_more_epochs_for_a_finished_run_need_extend_epochs_and_fewer_are_refused
                                                  NO_DATA)
 
 
-def test_a_damaged_settings_record_is_named(tmp_path):
-    (tmp_path / SETTINGS_FILE).write_text('{"epochs": 2,')
-    assert "flags.json is not valid JSON" in main_error("mnist", f"--workdir={tmp_path}", NO_DATA)
-    assert (tmp_path / SETTINGS_FILE).read_text() == '{"epochs": 2,'
+@pytest.mark.parametrize("content,said", [
+    (b'{"epochs": 2,', "is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 14 "
+                       "(char 13))"),
+    (b"[]", "holds [] instead of the run's settings (a JSON object)"),
+    (b"null", "holds null instead of the run's settings (a JSON object)"),
+    (b"7", "holds 7 instead of the run's settings (a JSON object)"),
+], ids=["invalid JSON", "list", "null", "number"])
+def test_a_damaged_settings_record_is_named(tmp_path, content, said):
+    (tmp_path / SETTINGS_FILE).write_bytes(content)
+    assert main_error("mnist", f"--workdir={tmp_path}", NO_DATA) == (
+        f"error: {tmp_path / SETTINGS_FILE} {said}: the run's record of its settings is damaged: restore the file "
+        "from a copy, or use another --workdir (nothing in this one was changed)")
+    assert (tmp_path / SETTINGS_FILE).read_bytes() == content  # a null is not overwritten as if the workdir were new
 
 
 def test_a_workdir_in_use_names_the_process_holding_it(tmp_path):
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-12-03T08:00:00+00:00"}
-    (tmp_path / ".lock").write_text(json.dumps(holder))
-    message = main_error("mnist", f"--workdir={tmp_path}", NO_DATA)
-    assert f"is in use by process {os.getpid()} on host {socket.gethostname()}" in message
+    with run.locked(str(tmp_path)):  # a kernel lock this process holds, as another run would
+        message = main_error("mnist", f"--workdir={tmp_path}", NO_DATA)
+    assert re.fullmatch(rf"error: workdir {re.escape(str(tmp_path))} is in use by process {os.getpid()} on host "
+                        rf"{re.escape(socket.gethostname())} \(since [0-9T:+-]+\): wait for it to finish, stop it, or "
+                        "use another --workdir", message), message
+    assert not (tmp_path / SETTINGS_FILE).exists()
 
 
 def test_a_lock_from_another_host_says_how_to_clear_it(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps({"host": "gpu-node-7", "pid": 4242, "since": "then"}))
-    message = main_error("mnist", f"--workdir={tmp_path}", NO_DATA)
-    assert "locked by process 4242 on host gpu-node-7" in message and "delete" in message
+    assert main_error("mnist", f"--workdir={tmp_path}", NO_DATA) == (
+        f"error: workdir {tmp_path} is locked by process 4242 on host gpu-node-7 (since then), which this host cannot "
+        f"see. If that run is over, delete {tmp_path / '.lock'} and rerun; otherwise wait for it or use another "
+        "--workdir")
+    assert json.loads((tmp_path / ".lock").read_text())["host"] == "gpu-node-7"
+
+
+def test_a_symlink_planted_in_the_workdir_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "export").symlink_to(tmp_path / "elsewhere")
+    assert main_error("mnist", f"--workdir={tmp_path / 'w'}", NO_DATA) == (
+        f"error: '{tmp_path / 'w' / 'export'}' is a symbolic link (to '{tmp_path / 'elsewhere'}'), and a run writes "
+        "only real files and directories inside its workdir: replace the link by a copy of what it points to, or "
+        "delete it and rerun; to keep a run on another disk, make --workdir itself the link")
+    assert os.listdir(tmp_path / "w") == ["export"] and os.listdir(tmp_path / "elsewhere") == []
 
 
 def test_a_workdir_that_is_a_file_or_cannot_be_created(tmp_path):
@@ -115,8 +141,10 @@ def test_a_workdir_that_is_a_file_or_cannot_be_created(tmp_path):
     (["--warmup_epochs=3"], "TrainConfig.warmup_epochs=3.0 is invalid: use a value in [0, epochs=3)"),
     (["--label_smoothing=1.5"], "TrainConfig.label_smoothing=1.5 is invalid"),
     (["--batch_size=0"], "DataConfig.batch_size must be a positive integer, got 0"),
-    (["--image_size=100000"], "image_size"),
-    (["--augment=rotate"], "rotate"),
+    (["--image_size=100000"], "DataConfig.image_size=(100000, 100000) is too large: one batch of 64 such images "
+                               "takes 7,153 GiB as float32; use at most 4096 pixels a side (ImageNet models take 224)"),
+    (["--augment=rotate"], "unknown augmentation(s) ['rotate']; valid names are ('crop', 'flip', 'cutout', "
+                           "'random_resized_crop', 'randaugment', 'trivialaugment')"),
     (["--validation_fraction=1"], "validation_fraction must be in [0, 1)"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_invalid_settings_are_refused_before_any_data_is_read(tmp_path, argv, expected):
@@ -160,10 +188,20 @@ def test_a_grayscale_dataset_on_a_pretrained_backbone_is_refused_with_the_channe
 def test_a_diverging_run_stops_with_the_causes_and_keeps_its_checkpoints(tmp_path):
     if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
         pytest.skip("needs the offline MNIST")
+    # The warmup starts the rate at 0, so the first steps stay finite and are checkpointed; then it explodes.
     message = main_error("mnist", f"--workdir={tmp_path}", f"--data_dir={SHARED_DATA}", "--num_train_examples=128",
-                         "--optimizer=sgd", "--schedule=constant", "--warmup_epochs=0", "--learning_rate=1e12",
-                         "--log_every_steps=1", "--compilation_cache_dir=", "--tensorboard=false")
-    assert "NaN/Inf at step" in message and "learning rate too high" in message
+                         "--batch_size=16", "--optimizer=sgd", "--schedule=warmup_cosine", "--warmup_epochs=1",
+                         "--learning_rate=1e12", "--log_every_steps=1", "--checkpoint_every_steps=1",
+                         "--compilation_cache_dir=", "--tensorboard=false")
+    found = re.search(r"NaN/Inf at step (\d+) .*learning rate too high.* The last good checkpoint is step (\d+) in "
+                      r"(\S+)\.$", message)
+    assert found, message
+    bad, good = int(found[1]), int(found[2])
+    assert 0 < good < bad and found[3] == str(tmp_path / "checkpoints")
+    kept = sorted(int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit())
+    assert kept[-1] == good  # the last good checkpoint is on disk, and none from the bad step or after it
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert good in logged and max(logged) < bad  # its metrics were written before it; nothing of the bad step
     assert not (tmp_path / "results.json").exists()
 
 

@@ -1,14 +1,12 @@
-"""Tests of cnn_jax.run.lock and cnn_jax.run.workdir (the lock and the recorded settings) and cnn_jax.files (durable
-writes, file keys)."""
+"""Tests of cnn_jax.run.workdir (the claim and the recorded settings), cnn_jax.run.normalization (the recorded
+statistics) and cnn_jax.files (durable writes, file keys); the lock itself is tests/run/test_lock.py's."""
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
+import re
 import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -17,7 +15,8 @@ from cnn_jax.run import lock
 from cnn_jax.run import workdir as workdir_lib
 from cnn_jax.run.lock import WorkdirBusy
 from cnn_jax.run.workdir import SettingsChanged
-from cnn_jax.workdir_files import LOCK_FILE, SETTINGS_FILE
+from cnn_jax.train.metrics import MetricWriter
+from cnn_jax.workdir_files import LOCK_FILE, METRICS_FILE, NORMALIZATION_FILE, SETTINGS_FILE
 
 RECORD = {"learning_rate": 0.1, "epochs": 2, "log_every_steps": 100, "workdir": "w"}
 IDENTITY = {"learning_rate": 0.1, "epochs": 2}
@@ -61,24 +60,6 @@ def test_a_second_run_is_refused_with_the_holder_named_while_the_first_holds_the
     assert not (tmp_path / ".lock").exists()  # released at the end
     with claim(tmp_path):  # and free again
         pass
-
-
-def test_a_lock_left_by_a_dead_process_of_this_host_is_taken_over_and_said(tmp_path, caplog):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
-    (tmp_path / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "then"}))
-    with caplog.at_level(logging.WARNING, logger="cnn_jax.run.lock"):
-        with claim(tmp_path):
-            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
-    assert f"taking over the lock of process {pid} on host" in caplog.text
-
-
-def test_a_lock_from_another_host_is_never_taken_and_the_message_says_how_to_clear_it(tmp_path):
-    (tmp_path / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "then"}))
-    with pytest.raises(WorkdirBusy, match=r"locked by process 1 on host elsewhere.*delete .*\.lock and rerun"):
-        with claim(tmp_path):
-            pass
-    assert json.loads((tmp_path / ".lock").read_text())["host"] == "elsewhere"
 
 
 def test_changed_settings_are_refused_before_anything_is_written_with_every_difference_listed(tmp_path):
@@ -188,3 +169,100 @@ def test_a_files_key_changes_with_a_file_s_size_or_mtime_and_the_extra_fields(tm
         f.write(b"5678!")
     os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rewritten: another size, the same mtime
     assert files.files_key(paths, (32, 32), 3) not in (key, touched)
+
+
+# --- damaged records ------------------------------------------------------------------------------------------
+
+DAMAGED = ("the run's record of its settings is damaged: restore the file from a copy, or use another --workdir "
+           "(nothing in this one was changed)")
+
+
+@pytest.mark.parametrize("content,said", [
+    (b"[]", "holds [] instead of the run's settings (a JSON object)"),
+    (b"null", "holds null instead of the run's settings (a JSON object)"),
+    (b"3", "holds 3 instead of the run's settings (a JSON object)"),
+    (b'"' + b"x" * 100 + b'"', 'holds "' + "x" * 39 + "... instead of the run's settings (a JSON object)"),
+    (b'{"epochs": 2,', "is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 14 "
+                       "(char 13))"),
+    (b"\xff{}", "is not valid JSON ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"),
+    (b"[" * 100_000, "is not valid JSON (maximum recursion depth exceeded"),
+    (b" " * (1 << 20) + b"{}", "is larger than 1048576 bytes, more than any record it should hold"),
+], ids=["list", "null", "number", "string", "cut short", "not utf-8", "nested", "huge"])
+def test_a_settings_record_that_is_no_object_is_refused_naming_the_file_and_kept(tmp_path, content, said):
+    (tmp_path / SETTINGS_FILE).write_bytes(content)
+    with pytest.raises(ValueError) as refused:
+        with claim(tmp_path):
+            pytest.fail("a damaged record was read as a new workdir")
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / SETTINGS_FILE} {said}") and message.endswith(DAMAGED), message
+    assert "\n" not in message
+    assert (tmp_path / SETTINGS_FILE).read_bytes() == content and not (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("make", [os.mkfifo, os.mkdir], ids=["fifo", "directory"])
+def test_a_settings_record_that_is_no_regular_file_is_refused_without_waiting_on_it(tmp_path, make):
+    make(tmp_path / SETTINGS_FILE)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / SETTINGS_FILE))} is not a regular file: "
+                                         f"{re.escape(DAMAGED)}$"):
+        workdir_lib.read_settings(str(tmp_path))
+
+
+class _Info:
+    image_shape, num_train = (8, 8, 3), 10
+
+
+class _Dataset:
+    """A dataset whose statistics cannot be computed: normalized() must take them from the workdir or refuse."""
+    info = _Info()
+
+
+RECOMPUTE = "delete it and rerun: the statistics are computed again from the same training images"
+
+
+@pytest.mark.parametrize("content,problem", [
+    ('{"mean": [0.5, 0.5], "std": [0.2, 0.2, 0.2]}',
+     "'mean' is [0.5, 0.5], not a list of 3 finite numbers, one per channel"),
+    ('{"std": [0.2, 0.2, 0.2]}', "'mean' is null, not a list of 3 finite numbers, one per channel"),
+    ('{"mean": [0.5, NaN, 0.5], "std": [0.2, 0.2, 0.2]}',
+     "'mean' is [0.5, NaN, 0.5], not a list of 3 finite numbers, one per channel"),
+    ('{"mean": [0.5, 0.5, 0.5], "std": [0.2, true, 0.2]}',
+     "'std' is [0.2, true, 0.2], not a list of 3 finite numbers, one per channel"),
+    ('{"mean": [0.5, 0.5, 0.5], "std": "0.2"}', "'std' is \"0.2\", not a list of 3 finite numbers, one per channel"),
+    ('{"mean": [0.5, 0.5, 0.5], "std": [0.2, 0, 0.2]}', "'std' is [0.2, 0, 0.2]: each must be positive"),
+    ("[]", "it holds [], not a JSON object"),
+    ("null", "it holds null, not a JSON object"),
+])
+def test_a_normalization_record_that_is_no_record_is_refused_naming_the_file_and_kept(tmp_path, content, problem):
+    path = tmp_path / NORMALIZATION_FILE
+    path.write_text(content)
+    with pytest.raises(ValueError) as refused:
+        run.normalized(CONFIG, _Dataset(), str(tmp_path), {})
+    assert str(refused.value) == f"{path} is not a normalization record ({problem}): {RECOMPUTE}"
+    assert path.read_text() == content
+
+
+def test_a_normalization_record_that_is_not_json_is_refused_naming_the_file(tmp_path):
+    (tmp_path / NORMALIZATION_FILE).write_text('{"mean": [0.5,')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / NORMALIZATION_FILE))} is not valid JSON \(.*\): "
+                                         rf"{re.escape(RECOMPUTE)}$"):
+        run.normalized(CONFIG, _Dataset(), str(tmp_path), {})
+
+
+def test_a_valid_normalization_record_is_read_back_as_it_was_written(tmp_path):
+    files.write_json(str(tmp_path / NORMALIZATION_FILE), {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "images": 9})
+    kwargs = run.normalized(CONFIG, _Dataset(), str(tmp_path), {"width": 4})
+    assert kwargs == {"width": 4, "mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}
+
+
+def test_a_metrics_line_that_is_json_but_no_record_is_refused_and_a_torn_last_line_dropped(tmp_path):
+    path = tmp_path / METRICS_FILE
+    record = {"kind": "train", "step": 1, "train_loss": 1.0}
+    planted = json.dumps(record) + "\n[]\n" + json.dumps({**record, "step": 2}) + "\n"
+    path.write_text(planted)
+    with pytest.raises(ValueError) as refused:
+        MetricWriter(str(tmp_path), resume_step=5)
+    assert str(refused.value) == (f'{path} line 2 holds [], not a metrics record (an object with an integer "step"): '
+                                  "restore the file, or delete that line, and rerun")
+    assert path.read_text() == planted
+    path.write_text(json.dumps(record) + '\n{"kind": "train", "st')  # a write cut short by a crash
+    assert MetricWriter(str(tmp_path), resume_step=5, write=False).history == [record]
