@@ -107,7 +107,6 @@ def _read_cache(directory: Path, target: dict, digest: Optional[str]) -> Optiona
 
 def _write_cache(directory: Path, variables: dict, source: Path, digest: str) -> None:
     marker = directory / "source.json"
-    directory.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / "variables", variables, force=True)
@@ -123,9 +122,10 @@ def load_pretrained(name: str, source: Optional[PathLike] = None,
     ``source`` is the weights file (``.pth``, ``.safetensors``, or for ``*_keras`` a Keras file); without it, any
     cached conversion is used, else the published file where its publisher installs it (``pretrained_spec(name).
     search_path()``). A file is read once; files named as a published one are checked against its SHA-256 (see
-    ``catalog``) before they are parsed. The conversion is cached under ``cache_dir/<name>`` and reused while the
-    source is unchanged. Raises ``WeightsNotFoundError``
-    naming the file to provide when there is none. ``model.clone(num_classes=...)`` gives a model for a new head.
+    ``catalog``) before they are parsed. The conversion is cached under ``cache_dir/<name>`` (a private directory,
+    ``caches.private_dir``; one that others can write is not used) and reused while the source is unchanged.
+    Raises ``WeightsNotFoundError`` naming the file to provide when there is none. ``model.clone(num_classes=...)``
+    gives a model for a new head.
     """
     spec = pretrained_spec(name)
     model = spec.build()
@@ -135,7 +135,13 @@ def load_pretrained(name: str, source: Optional[PathLike] = None,
         raise WeightsNotFoundError(f"{path} does not exist: to get the {name} weights, {spec.how_to_get}")
     data = None if path is None else _read(path)
     digest = None if data is None else sha256(data)
-    variables = _read_cache(directory, abstract_variables(model, spec.image_size), digest)
+    try:
+        caches.private_dir(directory)  # a directory others can write could hold planted weights
+        cached = True
+    except OSError as error:  # UnsafeCacheDirError included
+        log.warning("not using the converted-weights cache: %s", error)
+        cached = False
+    variables = _read_cache(directory, abstract_variables(model, spec.image_size), digest) if cached else None
     if variables is not None:
         return model, variables
     if path is None:
@@ -150,5 +156,6 @@ def load_pretrained(name: str, source: Optional[PathLike] = None,
         digest = sha256(data)
     check_sha256(path, digest)
     variables = convert_file(name, path, data)
-    _write_cache(directory, variables, path, digest)
+    if cached:
+        _write_cache(directory, variables, path, digest)
     return model, variables

@@ -283,3 +283,23 @@ def test_a_source_is_read_once_and_those_bytes_hashed_and_parsed(tmp_path, monke
                                                              r"f37072fd\.\.\. \(from its file name\)"):
         pretrained.load_pretrained("resnet18", source=path, cache_dir=tmp_path / "cache")
     assert opened == ["rb"]
+
+
+def test_a_weights_cache_others_can_write_is_neither_read_nor_written(tmp_path, caplog):
+    """Converted weights planted in a cache directory that others can write are never loaded: the published file is
+    converted again (its SHA-256 checked), with one warning naming the fix, and nothing is written there."""
+    spec = pretrained.pretrained_spec("efficientnet_lite0")
+    if spec.search_path() is None or not spec.search_path().is_file():
+        pytest.skip(f"for the real efficientnet_lite0 weights, {spec.how_to_get}")
+    cache = tmp_path / "open"
+    _, reference = pretrained.load_pretrained("efficientnet_lite0", cache_dir=tmp_path / "private")
+    pretrained.load_pretrained("efficientnet_lite0", cache_dir=cache)  # a cache, written while it was private
+    cache.chmod(0o777)
+    before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    with caplog.at_level("WARNING", logger="cnn_jax.pretrained.load"):
+        _, variables = pretrained.load_pretrained("efficientnet_lite0", cache_dir=cache)
+    assert "not using the converted-weights cache" in caplog.text and "written by group or others" in caplog.text
+    assert "fix: set CNN_JAX_CACHE_DIR" in caplog.text
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before
+    np.testing.assert_array_equal(variables["params"]["classifier"]["kernel"],
+                                  reference["params"]["classifier"]["kernel"])
