@@ -1,4 +1,12 @@
-"""Package namespaces whose names are imported on first access, so importing a package costs nothing until used."""
+"""Package namespaces whose names are imported on first access, so importing a package costs nothing until used.
+
+The rule for package faces: a face imports its names eagerly, unless importing it light is a promise its callers
+rely on, tested where it is made. Three faces make one: ``cnn_jax.run`` (imported before the process setup, which
+may re-execute the command: ``tests/run/test_run_process.py``), ``cnn_jax.data`` (``read_image`` without JAX:
+``tests/export/test_predict.py``) and ``cnn_jax.export`` (runtimes that never import JAX:
+``tests/export/test_export_portable.py``). Those three use ``lazy_names``; every other face is a plain list of
+imports.
+"""
 from __future__ import annotations
 
 import importlib
