@@ -21,7 +21,7 @@ _ELEMENTWISE = {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply, "div": tf
                 "tanh": tf.tanh, "logistic": tf.sigmoid, "sqrt": tf.sqrt, "rsqrt": tf.math.rsqrt, "abs": tf.abs,
                 "square": tf.square, "erf": tf.math.erf, "floor": tf.floor, "ceil": tf.math.ceil,
                 "gt": tf.greater, "lt": tf.less, "ge": tf.greater_equal, "le": tf.less_equal, "eq": tf.equal,
-                "copy": tf.identity, "copy_p": tf.identity}
+                "copy": tf.identity}
 _REDUCTIONS = {"reduce_sum": tf.reduce_sum, "reduce_max": tf.reduce_max, "reduce_min": tf.reduce_min}
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs_spec, rhs_spec, out_spec of NHWC / HWIO / NHWC
 
@@ -71,25 +71,23 @@ def _dot_general(eqn, lhs, rhs):
                                        suggest="onnx, stablehlo or saved_model")
 
 
-def _broadcast_in_dim(eqn, x):
+def _broadcast_in_dim(eqn, x, batch):
     target = eqn.params["shape"]
     operand = graph_lib.shape(eqn.inputs[0])
-    keep = dict(zip(eqn.params["broadcast_dimensions"], operand))
+    keep = dict(zip(eqn.params["broadcast_dimensions"], operand, strict=True))
     middle = [keep.get(axis, 1) for axis in range(len(target))]
     x = tf.reshape(x, graph_lib.dims(middle, FORMAT))
     if list(middle) == list(target):
         return x
-    if graph_lib.BATCH in target and graph_lib.BATCH not in middle:
-        raise graph_lib.UnsupportedOpError("broadcast_in_dim", FORMAT, "a broadcast along the batch axis")
-    # Elementwise consumers broadcast a size-1 batch axis themselves; the other axes are broadcast here.
-    return tf.broadcast_to(x, [tf.shape(x)[0] if t == graph_lib.BATCH else t for t in target])
+    # The traced batch is the images' batch (``batch``) at run time, whether x has it or is broadcast along it.
+    return tf.broadcast_to(x, [batch if t == graph_lib.BATCH else t for t in target])
 
 
 def _slice(eqn, x):
     p = eqn.params
     steps = p["strides"] or (1,) * len(p["start_indices"])
     batch = [limit == graph_lib.BATCH for limit in p["limit_indices"]]  # to the end, whatever the batch
-    ends = [0 if to_end else int(limit) for limit, to_end in zip(p["limit_indices"], batch)]
+    ends = [0 if to_end else int(limit) for limit, to_end in zip(p["limit_indices"], batch, strict=True)]
     return tf.strided_slice(x, [int(s) for s in p["start_indices"]], ends, [int(s) for s in steps],
                             end_mask=sum(1 << axis for axis, to_end in enumerate(batch) if to_end))
 
@@ -103,18 +101,28 @@ def _pad(eqn, x, value):
     return tf.pad(x, [[int(lo), int(hi)] for lo, hi, _ in config], constant_values=value.item())
 
 
-def _apply(eqn, ins):
+def _select_n(which, cases):
+    """``cases[which]``: a boolean ``which`` picks between two cases, an int32 one among several."""
+    if which.dtype == tf.bool:
+        return tf.where(which, cases[1], cases[0])
+    chosen = cases[-1]
+    for index in range(len(cases) - 2, -1, -1):
+        chosen = tf.where(tf.equal(which, index), cases[index], chosen)
+    return chosen
+
+
+def _apply(eqn, ins, batch):
     name, p = eqn.primitive, eqn.params
     if name in _ELEMENTWISE:
         return _ELEMENTWISE[name](*ins)
     if name in _REDUCTIONS:
         return _REDUCTIONS[name](ins[0], axis=list(p["axes"]))
     if name == "integer_pow":
-        return tf.pow(ins[0], float(p["y"])) if p["y"] != 2 else tf.square(ins[0])
+        return tf.pow(ins[0], tf.constant(p["y"], ins[0].dtype)) if p["y"] != 2 else tf.square(ins[0])
     if name == "convert_element_type":
         return tf.cast(ins[0], tf.as_dtype(np.dtype(p["new_dtype"])))
-    if name == "select_n" and len(ins) == 3:
-        return tf.where(ins[0], ins[2], ins[1])
+    if name == "select_n":
+        return _select_n(ins[0], ins[1:])
     if name == "clamp":
         return tf.minimum(tf.maximum(ins[1], ins[0]), ins[2])
     if name == "conv_general_dilated":
@@ -123,10 +131,10 @@ def _apply(eqn, ins):
         return _max_pool(eqn, ins[0])
     if name == "dot_general":
         return _dot_general(eqn, *ins)
-    if name in ("reshape", "squeeze", "expand_dims"):
+    if name in ("reshape", "squeeze"):
         return tf.reshape(ins[0], graph_lib.dims(graph_lib.shape(eqn.outputs[0]), FORMAT))
     if name == "broadcast_in_dim":
-        return _broadcast_in_dim(eqn, ins[0])
+        return _broadcast_in_dim(eqn, ins[0], batch)
     if name == "transpose":
         return tf.transpose(ins[0], list(p["permutation"]))
     if name == "slice":
@@ -141,14 +149,14 @@ def _apply(eqn, ins):
 def lower(graph: graph_lib.Graph):
     """``images -> logits`` in TF ops for ``graph``; checks every primitive is expressible before returning."""
     def run(images):
-        env = {id(graph.input): images}
+        env, batch = {id(graph.input): images}, tf.shape(images)[0]
 
         def read(value):
             return tf.constant(value) if isinstance(value, np.ndarray) else env[id(value)]
 
         for eqn in graph.equations:
             (out,) = eqn.outputs
-            env[id(out)] = _apply(eqn, [read(v) for v in eqn.inputs])
+            env[id(out)] = _apply(eqn, [read(v) for v in eqn.inputs], batch)
         return read(graph.output)
 
     signature = tf.TensorSpec([None, *graph.input.aval.shape[1:]], tf.float32, name="images")
