@@ -84,9 +84,9 @@ def test_killed_run_resumes_with_the_same_command(tmp_path):
     """kill -9 mid-training (as a checkpoint is being written), the same command again killed during the
     export, then once more: it resumes and completes with the evaluations of an uninterrupted run.
 
-    That a resumed run ends with the parameters of an uninterrupted one is tested in-process in
-    test_train.py; this test adds real crashes, with checkpoint and export writes cut short.
-    scripts/kill_resume.py does the same at random points, five times.
+    The default suite kills a tiny engine run at a chosen step and compares its final state bit for bit
+    (tests/run/test_kill_resume.py); this test kills the real command, with checkpoint and export writes cut
+    short. benchmarks/kill_resume.py does the same at random points, five times.
     """
     data_dir = write_generated_tfds(str(tmp_path / "tfds"), "mnist", num_train=320)
     workdir = tmp_path / "killed"
