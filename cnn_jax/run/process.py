@@ -39,13 +39,15 @@ class Process:
         (glibc's malloc_trim).
       compilation_cache_dir: persistent XLA compilation cache; default $CNN_JAX_CACHE_DIR/jax
         (~/.cache/cnn_jax/jax); empty to disable.
-      coordinator_address: host:port of process 0, for multi-process runs (jax.distributed);
-        'auto' on TPU pod slices and SLURM/MPI clusters, which JAX detects.
+      coordinator_address: host:port of process 0, for multi-process runs (jax.distributed), where its
+        coordinator listens (that address only; an IP address other hosts reach, not a name that resolves to
+        loopback); 'auto' on TPU pod slices and SLURM/MPI clusters, which JAX detects.
       num_processes: processes in a multi-process run.
       process_id: this process's index in a multi-process run.
       heartbeat_timeout_s: a multi-process run stops when a process has not been heard from for
         this many seconds.
-      initialization_timeout_s: seconds to wait for every process of a multi-process run to join.
+      initialization_timeout_s: seconds to wait for every process of a multi-process run to join; past it,
+        each process stops with one error line.
     """
     huge_pages: bool = bookkeeping(True)
     release_compiler_memory: bool = bookkeeping(True)
