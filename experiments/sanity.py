@@ -50,8 +50,11 @@ class Sanity:
     seed: int = 0
 
     def __post_init__(self):
+        from cnn_jax.interpret.methods import check_methods
+
         if self.num_images < 1:
             raise ValueError(f"--num_images={self.num_images} must be at least 1")
+        check_methods(self.methods)  # before anything is loaded
 
 
 def main(argv) -> None:

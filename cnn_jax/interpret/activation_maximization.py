@@ -69,18 +69,22 @@ def class_logit(index: Union[int, Sequence[int]]) -> Objective:
     return Objective("logit", None, _indices(index))
 
 
-def objective_values(model: nn.Module, variables: Mapping, objective: Objective, images: Array) -> Array:
-    """The objective of each image, (len(objective.indices),): image i scored on ``objective.indices[i]``."""
+def check_kind(objective: Objective) -> None:
     if objective.kind not in KINDS:
         raise ValueError(f"unknown objective kind {objective.kind!r}: use channel(), neuron() or class_logit()")
-    if images.shape[0] != len(objective.indices):
-        raise ValueError(f"{images.shape[0]} images for {len(objective.indices)} objective indices")
-    if objective.kind == "logit":
-        values = model.apply(variables, images)
-    else:
-        values = tap(model, variables, objective.layer)(images)[1]
-    if values.shape[-1] <= max(objective.indices):
-        raise ValueError(f"index {max(objective.indices)} is out of range for {values.shape[-1]} channels/classes")
+
+
+def logits_and_layer(model: nn.Module, variables: Mapping, layer: Optional[str], images: Array) -> tuple:
+    """(logits, the output of ``layer``) in one forward pass; (logits, None) without a layer."""
+    if layer is None:
+        return model.apply(variables, images), None
+    return tap(model, variables, layer)(images)
+
+
+def units_from(objective: Objective, logits: Array, activation: Optional[Array]) -> Array:
+    """Every unit's objective value on each image, (N, units): the classes' logits, or each channel of the
+    objective's layer averaged over positions (``channel``) or read at one position (``neuron``)."""
+    values = logits if objective.kind == "logit" else activation
     if values.ndim == 4:
         if objective.kind == "channel":
             values = values.mean(axis=(1, 2))
@@ -89,8 +93,48 @@ def objective_values(model: nn.Module, variables: Mapping, objective: Objective,
             values = values[:, row, col]
     elif values.ndim != 2:
         raise ValueError(f"layer {objective.layer!r} has shape {values.shape}; expected (N, h, w, C) or (N, C)")
-    indices = jnp.asarray(objective.indices)
-    return jnp.take_along_axis(values, indices[:, None], axis=1)[:, 0].astype(jnp.float32)
+    return values.astype(jnp.float32)
+
+
+def check_indices(objective: Objective, units: int) -> None:
+    """Raises when an index of ``objective`` names no unit of the ``units`` its layer (or the logits) has."""
+    if max(objective.indices) >= units:
+        what = "classes" if objective.kind == "logit" else f"channels in layer {objective.layer!r}"
+        raise ValueError(f"index {max(objective.indices)} is out of range: there are {units} {what} "
+                         f"(0 to {units - 1})")
+
+
+def unit_values(model: nn.Module, variables: Mapping, objective: Objective, images: Array) -> Array:
+    """The objective's value for every unit of its kind and layer (every channel, or every class) on each image:
+    (N, units). What ``dataset_examples`` ranks natural images by, and what the optimization raises."""
+    check_kind(objective)
+    layer = None if objective.kind == "logit" else objective.layer
+    return units_from(objective, *logits_and_layer(model, variables, layer, images))
+
+
+def objective_values(model: nn.Module, variables: Mapping, objective: Objective, images: Array) -> Array:
+    """The objective of each image, (len(objective.indices),): image i scored on ``objective.indices[i]``."""
+    if images.shape[0] != len(objective.indices):
+        raise ValueError(f"{images.shape[0]} images for {len(objective.indices)} objective indices")
+    return _selected(objective, unit_values(model, variables, objective, images))
+
+
+def _selected(objective: Objective, values: Array) -> Array:
+    """Image i's value on unit ``objective.indices[i]``: (N, units) -> (N,)."""
+    check_indices(objective, values.shape[-1])
+    return jnp.take_along_axis(values, jnp.asarray(objective.indices)[:, None], axis=1)[:, 0]
+
+
+def gram_similarity(activation: Array, indices: Sequence[int]) -> Array:
+    """For each image, the mean cosine similarity of its layer's Gram matrix (channel by channel, over positions)
+    to those of the other images optimized for the same index, (N,); 0 for an image alone with its index. Lucid's
+    ``diversity`` objective: lowering it makes images of one channel show different facets of it."""
+    flat = activation.astype(jnp.float32).reshape(activation.shape[0], -1, activation.shape[-1])
+    gram = jnp.einsum("npc,npd->ncd", flat, flat).reshape(flat.shape[0], -1) / flat.shape[1]
+    gram = gram / jnp.maximum(jnp.linalg.norm(gram, axis=1, keepdims=True), 1e-12)
+    indices = np.asarray(indices)
+    same = (indices[:, None] == indices[None, :]) & ~np.eye(len(indices), dtype=bool)
+    return (gram @ gram.T * same).sum(axis=1) / np.maximum(same.sum(axis=1), 1)
 
 
 def _frequency_scale(height: int, width: int, decay: float) -> np.ndarray:
@@ -147,12 +191,14 @@ _REDIRECTED = {"relu": _redirected(jax.nn.relu, 0.0, jnp.inf), "relu6": _redirec
 
 
 def with_redirected_relus(f, redirect: Array):
-    """``f`` (images -> values) with every ``jax.nn.relu`` and ``jax.nn.relu6`` call redirected while ``redirect``
-    (a float scalar) is positive: the same values, gradients that leave dead ReLU layers."""
-    def redirected_f(images: Array) -> Array:
+    """``f`` (images -> an array or a tuple of arrays) with every ``jax.nn.relu`` and ``jax.nn.relu6`` call
+    redirected while ``redirect`` (a float scalar) is positive: the same values, gradients that leave dead ReLU
+    layers."""
+    def redirected_f(images: Array):
         closed = trace(f, images)
         replace = {name: (lambda x, relu=relu: relu(x, redirect)) for name, relu in _REDIRECTED.items()}
-        return rewrite.evaluate(closed, [images], replace=replace)[0]
+        outputs = rewrite.evaluate(closed, [images], replace=replace)
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(jax.eval_shape(f, images)), outputs)
     return redirected_f
 
 
@@ -196,35 +242,55 @@ def activation_maximization(model: nn.Module, variables: Mapping, objective: Obj
                             image_shape: Tuple[int, int, int], rng: jax.Array, *, steps: int = 256,
                             learning_rate: float = 0.05, decorrelate: bool = True, decay: float = 1.0,
                             jitter: Optional[float] = None, scale: Tuple[float, float] = (0.9, 1.1),
-                            degrees: float = 10.0, l2: float = 0.0, tv: float = 0.0,
+                            degrees: float = 10.0, l2: float = 0.0, tv: float = 0.0, diversity: float = 0.0,
+                            diversity_layer: Optional[str] = None,
                             redirect_steps: int = REDIRECT_STEPS) -> Visualization:
     """Optimizes one image per objective index with Adam to maximize
-    ``objective - l2 * mean((x - 0.5)^2) - tv * total_variation(x)`` under random transforms.
+    ``objective - l2 * mean((x - 0.5)^2) - tv * total_variation(x) - diversity * gram_similarity`` under random
+    transforms.
 
     ``image_shape`` is (H, W, C) the model accepts. ``decorrelate`` selects the Fourier/colour parameterization
     (else plain sigmoid pixels); ``decay`` is its 1 / frequency exponent. ``jitter`` is in pixels (default: a
-    sixteenth of the smaller side); ``jitter=0, scale=(1, 1), degrees=0`` turns the transforms off. The first
-    ``redirect_steps`` steps use redirected ReLU gradients (see the module's docstring; 0 turns them off). Jittable
-    with the model, objective and shapes static.
+    sixteenth of the smaller side); ``jitter=0, scale=(1, 1), degrees=0`` turns the transforms off. ``diversity``
+    weighs Lucid's diversity term: repeat an index (``channel("stage2", [3, 3, 3])``) and its images are pushed
+    apart in the style (Gram matrix) of the objective's layer, or of ``diversity_layer`` for a class objective.
+    The first ``redirect_steps`` steps use redirected ReLU gradients (see the module's docstring; 0 turns them
+    off). Jittable with the model, objective and shapes static.
     """
+    check_kind(objective)
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if redirect_steps < 0:
         raise ValueError(f"redirect_steps must be 0 (plain gradients) or more, got {redirect_steps}")
+    if diversity < 0:
+        raise ValueError(f"diversity must be 0 (off) or positive, got {diversity}")
+    layer = objective.layer if objective.kind != "logit" else diversity_layer if diversity else None
+    if diversity and layer is None:
+        raise ValueError("a diversity term for a class objective needs diversity_layer: the layer whose style the "
+                         "images should vary in (e.g. 'features')")
+    if diversity and diversity_layer not in (None, layer):
+        raise ValueError(f"diversity is measured at the objective's own layer {layer!r}; leave diversity_layer "
+                         f"unset (got {diversity_layer!r})")
     height, width, _ = image_shape
     jitter = max(1.0, min(height, width) / 16) if jitter is None else jitter
     init_key, steps_key = jax.random.split(rng)
     params = _init_params(init_key, len(objective.indices), image_shape, decorrelate)
     optimizer = optax.adam(learning_rate)
 
+    def scores(images):
+        """(objective, similarity to the images of the same index) of each image, from one forward pass."""
+        logits, activation = logits_and_layer(model, variables, layer, images)
+        values = _selected(objective, units_from(objective, logits, activation))
+        return values, gram_similarity(activation, objective.indices) if diversity else jnp.zeros_like(values)
+
     def loss(params, key, redirect):
         images = _to_image(params, image_shape, decorrelate, decay)
-        score = with_redirected_relus(lambda x: objective_values(model, variables, objective, x), redirect)
-        values = score(random_transform(key, images, jitter, scale, degrees))
+        values, similarity = with_redirected_relus(scores, redirect)(random_transform(key, images, jitter, scale,
+                                                                                      degrees))
         penalty = l2 * ((images - 0.5) ** 2).mean(axis=(1, 2, 3)) + tv * total_variation(images)
-        return (penalty - values).sum(), values
+        return (penalty + diversity * similarity - values).sum(), values
 
     def step(carry, inputs):
         params, state = carry

@@ -19,6 +19,7 @@ from cnn_jax.ops.checks import check_images
 
 Array = jnp.ndarray
 LogitsFn = Callable[[Array], Array]
+SEPARATE = "separate"  # the kernel mode (``ops.kernels``) in which every module computes its own output
 
 
 def check_inputs(images: Array, targets, method: str) -> Array:
@@ -73,5 +74,5 @@ def map_over(fn: Callable, xs: Array, batch_size: Optional[int]) -> Array:
 def trace(f: Callable, *args) -> jcore.ClosedJaxpr:
     """``jax.make_jaxpr(f)(*args)`` in the kernel mode that shows each module's output and every ReLU call, for
     the methods that rerun a model with changes (``rewrite.evaluate``)."""
-    with ops.kernels("separate"):
+    with ops.kernels(SEPARATE):
         return jax.make_jaxpr(f)(*args)

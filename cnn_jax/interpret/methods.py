@@ -67,10 +67,11 @@ def check_methods(names) -> tuple:
     return names
 
 
-def attribution(name: str, model: nn.Module, settings: Settings = Settings()) -> Explain:
+def attribution(name: str, model: nn.Module, settings: Settings | None = None) -> Explain:
     """The jitted ``explain(variables, images, targets, rng) -> maps`` of method ``name`` (one of ``METHODS``) on
-    ``model`` in inference mode."""
+    ``model`` in inference mode, with ``settings`` (default ``Settings()``)."""
     check_methods(name)
+    settings = settings or Settings()
     if name == "grad_cam":
         return jax.jit(lambda variables, x, t, rng: grad_cam(model, variables, x, t, settings.layer))
     method = _gradient_methods(settings)[name]

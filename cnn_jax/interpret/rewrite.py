@@ -60,9 +60,9 @@ def _evaluate(jaxpr, consts, args, add, replace) -> list:
     def read(atom):
         return atom.val if isinstance(atom, jcore.Literal) else env[atom]
 
-    for var, value in zip(jaxpr.constvars, consts):
+    for var, value in zip(jaxpr.constvars, consts, strict=True):
         env[var] = value
-    for var, value in zip(jaxpr.invars, args):
+    for var, value in zip(jaxpr.invars, args, strict=True):
         write(var, value)
     for eqn in jaxpr.eqns:
         inputs = [read(atom) for atom in eqn.invars]
@@ -75,7 +75,7 @@ def _evaluate(jaxpr, consts, args, add, replace) -> list:
         else:
             outputs = eqn.primitive.bind(*inputs, **eqn.primitive.get_bind_params(eqn.params))
             outputs = outputs if eqn.primitive.multiple_results else [outputs]
-        for var, value in zip(eqn.outvars, outputs):
+        for var, value in zip(eqn.outvars, outputs, strict=True):
             if not isinstance(var, jcore.DropVar):
                 write(var, value)
     return [read(atom) for atom in jaxpr.outvars]

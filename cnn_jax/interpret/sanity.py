@@ -109,8 +109,9 @@ def check_order(variables: Mapping, order: Sequence[str]) -> tuple:
     order = tuple(order)
     missing = [layer for layer in order if not _matching(variables, layer)]
     if not order or missing:
-        raise ValueError(f"randomization order {list(order)}: {repr(missing[0]) + ' names no layer' if missing else 'empty'}"
-                         f"; the model's layers are {parameter_layers(variables)} (or a path below one, "
+        problem = f"{missing[0]!r} names no layer" if missing else "empty"
+        raise ValueError(f"randomization order {list(order)}: {problem}; the model's layers are "
+                         f"{parameter_layers(variables)} (or a path below one, "
                          "e.g. 'head/logits')")
     return order
 
@@ -146,7 +147,7 @@ def sanity_checks(model: nn.Module, variables: Mapping, images: Array, targets: 
                   methods: Sequence[str] = ("gradient", "gradient_x_input", "guided_backprop",
                                             "integrated_gradients", "smoothgrad", "grad_cam"),
                   order: Sequence[str] | None = None, shuffled_variables: Mapping | None = None,
-                  independent: bool = True, settings: Settings = Settings()) -> SanityResult:
+                  independent: bool = True, settings: Settings | None = None) -> SanityResult:
     """Model-parameter randomization (cascading and, with ``independent``, one layer at a time) and, given
     ``shuffled_variables`` (the same model trained on shuffled labels), data randomization, for every method.
 

@@ -5,8 +5,8 @@ A layer is named either by a value the model sows into its "intermediates" colle
 (e.g. "stage2_block0/conv1/conv"), whose ``__call__`` output Flax's ``capture_intermediates`` records.
 ``tap`` traces the forward pass once and, through ``rewrite.evaluate``, adds a perturbation to that value where it
 is computed: the gradient of the logits with respect to a zero perturbation is the gradient with respect to the
-layer, and the model needs no change to allow it. The traced program is the model as written, each module
-computing its own output (``core.trace``'s kernel mode).
+layer, and the model needs no change to allow it. The model runs as written, each module computing its own output:
+in ``core.SEPARATE``, the kernel mode ``core.trace`` traces in, whether the layer is read or perturbed.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax import ops
 from cnn_jax.interpret import rewrite
-from cnn_jax.interpret.core import Array, selected_logits, trace
+from cnn_jax.interpret.core import SEPARATE, Array, selected_logits, trace
 
 _CAPTURED = "__call__"  # where capture_intermediates stores a module's output
 
@@ -54,9 +55,10 @@ def _forward(model: nn.Module, layer: str) -> Callable:
     path = _path(layer)
 
     def forward(variables, images):
-        logits, state = model.apply(variables, images, mutable=["intermediates"],
-                                    capture_intermediates=lambda module, method: module.path == path
-                                    and method == _CAPTURED)
+        with ops.kernels(SEPARATE):  # each module computes its own output, which is what is read
+            logits, state = model.apply(variables, images, mutable=["intermediates"],
+                                        capture_intermediates=lambda module, method: module.path == path
+                                        and method == _CAPTURED)
         activation = _lookup(state.get("intermediates", {}), path)
         if activation is None:
             raise ValueError(f"{type(model).__name__} has no layer {layer!r}. Sown names: "
