@@ -35,9 +35,9 @@ def _command(tmp_path, address: str, process_id: int, *flags: str) -> list[str]:
             "--initialization_timeout_s=3", *flags]
 
 
-def _error_line(proc_or_result) -> str:
+def _error_line(outcome: tuple[int, str]) -> str:
     """The one `error:` line of a finished command, checked to be its whole report: exit status 1, no traceback."""
-    code, err = proc_or_result
+    code, err = outcome
     assert code == 1, (code, err[-3000:])  # not 134: JAX's abort never came
     assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
