@@ -11,7 +11,6 @@ records, or ``--calibration_dataset``). Bad input (an unknown format, a workdir 
 a format cannot express) gets one ``error:`` line and exit status 1.
 """
 import dataclasses
-import json
 import os
 import sys
 from typing import Optional
@@ -20,8 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, logging  # noqa: E402
 
-from cnn_jax import cli, data, export  # noqa: E402
-from cnn_jax.workdir_files import SETTINGS_FILE  # noqa: E402
+from cnn_jax import cli, data, export, run  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +50,8 @@ def calibration_images(settings: ExportSettings, meta):
     """``calibration_examples`` training images of the run's dataset, resized to the model's input."""
     dataset = settings.calibration_dataset
     if dataset is None:
-        try:
-            with open(os.path.join(settings.workdir, SETTINGS_FILE), encoding="utf-8") as file:
-                dataset = json.load(file).get("dataset")
-        except (OSError, ValueError):
-            dataset = None
+        record = run.read_settings(settings.workdir)  # None for a workdir without one; ValueError if damaged
+        dataset = (record or {}).get("dataset")
     if not dataset:
         raise export.ExportError(f"the int8 TFLite variant is calibrated on training images, and {settings.workdir} "
                           "records no dataset: pass --calibration_dataset=NAME_OR_FOLDER")

@@ -19,8 +19,8 @@ import os
 from typing import Any, Mapping
 
 from cnn_jax.files import write_atomically
+from cnn_jax.workdir_files import EXPORT_DIR
 
-EXPORT_DIR = "export"
 META_FILE = "meta.json"
 VARIABLES_FILE = "variables.msgpack"
 FORMAT = 2  # 2: meta.json records the files' SHA-256

@@ -36,6 +36,7 @@ from cnn_jax.export import graph as graph_lib
 from cnn_jax.export import workdir as workdir_lib
 from cnn_jax.export.graph import UnsupportedOpError
 from cnn_jax.export.meta import ExportError, ExportMeta, artifact_path, check_format, record_artifact
+from cnn_jax.workdir_files import EXPORT_DIR, entry_path
 
 SERVING_BYTES = "serving_bytes"
 
@@ -130,8 +131,9 @@ def export_format(workdir: str, fmt: str, *, tflite_variant: str = "float32",
     ExportError) naming a primitive the format cannot express.
     """
     check_format(fmt, tflite_variant)
-    model, variables, meta = workdir_lib.load_export(workdir)
     path = artifact_path(workdir, fmt, tflite_variant)
+    entry_path(workdir, EXPORT_DIR, os.path.basename(path))  # a planted link is refused, as in a run's writes
+    model, variables, meta = workdir_lib.load_export(workdir)
     staged = files.staging_path(path, "new")
     try:
         if fmt == "stablehlo":

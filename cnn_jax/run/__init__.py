@@ -31,6 +31,6 @@ _SOURCES = {
     "normalization": ("normalized",),
     "process": ("Process", "setup_process"),
     "report": ("summary", "write_figures", "write_report"),
-    "workdir": ("SettingsChanged", "check_workdir", "claim", "write_settings"),
+    "workdir": ("SettingsChanged", "check_workdir", "claim", "read_settings", "write_settings"),
 }
 __all__, __getattr__, __dir__ = lazy_names(__name__, _SOURCES)

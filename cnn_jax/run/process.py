@@ -15,12 +15,13 @@ notebook) gets none of it unless they ask.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Optional
 
 from cnn_jax import huge_pages
-from cnn_jax.caches import cache_dir
+from cnn_jax.caches import cache_dir, private_dir
 from cnn_jax.settings import bookkeeping
 
 START_TIME = time.time()  # An entry point imports this module first, so wall times count the imports that follow.
@@ -77,8 +78,13 @@ def setup_process(config: Process = Process()) -> None:
         freed_memory.release_after_compiles()
     cache = cache_dir("jax") if config.compilation_cache_dir is None else config.compilation_cache_dir
     if cache:
-        jax.config.update("jax_compilation_cache_dir", str(cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
+        try:  # XLA loads compiled programs from it: a directory others can write could hold planted ones
+            cache = private_dir(cache)
+        except OSError as error:  # UnsafeCacheDirError included
+            logging.getLogger(__name__).warning("XLA's compilation cache is off: %s", error)
+        else:
+            jax.config.update("jax_compilation_cache_dir", str(cache))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
     sharding.maybe_initialize_distributed(
         config.coordinator_address, config.num_processes, config.process_id,
         heartbeat_timeout_s=config.heartbeat_timeout_s, initialization_timeout_s=config.initialization_timeout_s)

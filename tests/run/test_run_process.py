@@ -53,6 +53,16 @@ def test_each_piece_of_the_setup_has_its_off_switch(tmp_path):
     assert not done["cache"] and not done["released"]
 
 
+def test_a_compilation_cache_others_can_write_is_not_used(tmp_path):
+    """XLA loads compiled programs from its cache: one in a directory that group or others can write is off, with
+    a warning naming the fix, and JAX is not pointed at it."""
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    starts, done = _probe(tmp_path, {"huge_pages": False, "compilation_cache_dir": str(open_dir / "xla")})
+    assert not done["cache"]
+
+
 def test_a_hugetlb_tunable_the_user_set_is_kept(tmp_path):
     starts, done = _probe(tmp_path, {}, GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
     assert starts == ["started False"] and done["tunables"] == "glibc.malloc.hugetlb=0"

@@ -139,3 +139,25 @@ def test_a_figure_planted_as_a_link_is_skipped_and_its_target_kept(tmp_path, els
     assert (elsewhere / "file").read_text() == "not this run's\n"
     assert sorted(os.listdir(figures)) == ["confusion_matrix.png", "per_class_accuracy.png", "predictions.png"]
     assert (figures / "confusion_matrix.png").is_symlink()
+
+
+def test_an_artifact_is_never_written_through_a_linked_export(tmp_path):
+    """`scripts/export.py` writes artifacts without claiming the workdir: a linked `export/`, or a linked artifact
+    inside it, is refused there too, and the link's target is left as it was."""
+    from cnn_jax import export
+    from cnn_jax.workdir_files import PlantedSymlink
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "model.onnx").write_bytes(b"theirs")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "export").symlink_to(elsewhere)
+    with pytest.raises(PlantedSymlink, match="is a symbolic link"):
+        export.export_format(str(workdir), "onnx")
+    (workdir / "export").unlink()
+    (workdir / "export").mkdir()
+    (workdir / "export" / "model.onnx").symlink_to(elsewhere / "model.onnx")
+    with pytest.raises(PlantedSymlink, match="model.onnx"):
+        export.export_format(str(workdir), "onnx")
+    assert (elsewhere / "model.onnx").read_bytes() == b"theirs"
