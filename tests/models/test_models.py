@@ -155,7 +155,11 @@ def test_dropout_acts_in_training_only():
     variables = random_variables(model, x)
     train = train_apply(model)
     assert not np.allclose(train(variables, x, 1)[0], train(variables, x, 2)[0])
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    # In evaluation the dropout key changes nothing, and the model is the one without dropout.
+    evaluate = jax.jit(lambda v, x, seed: model.apply(v, x, train=False, rngs={"dropout": jax.random.key(seed)}))
+    without_dropout = get_model("simple_cnn", 10, dropout=0.0).apply(variables, x, train=False)
+    np.testing.assert_array_equal(evaluate(variables, x, 1), evaluate(variables, x, 2))
+    np.testing.assert_allclose(evaluate(variables, x, 1), without_dropout, rtol=1e-6, atol=1e-6)
 
 
 def test_lenet5_pads_small_digits_to_32_and_keeps_61706_params():

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from helpers import examples
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cnn_jax import ops
@@ -27,7 +28,7 @@ def cases(draw):
     return x, kernel, dict(stride=stride, padding=padding, dilation=dilation)
 
 
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(cases())
 def test_equals_the_portable_convolution(case):
     """The products summed in another order than oneDNN's or XLA's: float32 rounding of a sum of at most 9

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from helpers import examples
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from jax import lax
 from jax.test_util import check_grads
@@ -220,7 +221,7 @@ def test_conv2d_same_padding_is_xlas_same_padding(case):
     np.testing.assert_allclose(ops.conv2d(x, kernel, **case.kwargs()), expected, **REORDERED)
 
 
-@settings(max_examples=10)
+@examples(10)
 @given(cases())
 def test_conv2d_jit_matches_eager(case):
     x, kernel, bias = case.arrays()
@@ -431,7 +432,7 @@ def test_pools_commute_with_shifts_by_multiples_of_the_stride(case, blocks):
         np.testing.assert_allclose(f(roll(x, shift)), roll(f(x), blocks), **TRANSLATED)
 
 
-@settings(max_examples=10)
+@examples(10)
 @given(st.tuples(st.integers(1, 6), st.integers(1, 6)), st.tuples(st.integers(-7, 7), st.integers(-7, 7)))
 def test_global_pools_are_translation_invariant(size, shift):
     x = normal(0, (2, *size, 3))
@@ -559,8 +560,8 @@ def test_count_params():
 
 # --- patch whitening ---------------------------------------------------------------------------------------
 
+@examples(20)
 @given(st.integers(1, 3), st.integers(3, 7), st.integers(3, 7), st.integers(1, 3), st.integers(0, 2**31 - 1))
-@settings(max_examples=20, deadline=None)
 def test_image_patches_are_the_windows_in_kernel_order(size, height, width, channels, seed):
     images = np.random.default_rng(seed).normal(size=(2, height, width, channels)).astype(np.float32)
     patches = np.asarray(ops.image_patches(jnp.asarray(images), size))
