@@ -17,10 +17,15 @@ settings.register_profile(
 settings.register_profile(
     "thorough", deadline=None, max_examples=150, derandomize=False, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow])
-PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-if PROFILE not in ("ci", "thorough"):
-    raise pytest.UsageError(f"HYPOTHESIS_PROFILE={PROFILE!r} is not a profile: use 'ci' (the default) or 'thorough'")
-settings.load_profile(PROFILE)
+
+
+def pytest_configure(config):
+    """Loads the hypothesis profile before any test module is collected (their settings read it)."""
+    profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    if profile not in ("ci", "thorough"):
+        raise pytest.UsageError(f"HYPOTHESIS_PROFILE={profile!r} is not a profile: use 'ci' (the default) or "
+                                "'thorough'")
+    settings.load_profile(profile)
 
 
 @pytest.fixture
