@@ -2,8 +2,9 @@
 
 One small simple_cnn is trained here on real MNIST (a few thousand images from $TFDS_DATA_DIR, a few hundred Adam
 steps, seconds on a CPU), with a twin trained the same way on shuffled labels; the module skips when MNIST is not
-on disk. Feature visualization must leave its gray start, and the sanity checks of Adebayo et al. (2018) must
-reproduce the paper's qualitative finding.
+on disk. Feature visualization must leave its gray start and beat the best natural image, the sanity checks of
+Adebayo et al. (2018) must reproduce the paper's qualitative finding, and the faithfulness scores of Petsiuk et al.
+(2018) must rank gradient methods above chance.
 """
 import os
 
@@ -15,8 +16,9 @@ import pytest
 from helpers import SHARED_DATA
 
 from cnn_jax import interpret
-from cnn_jax.interpret import sanity
+from cnn_jax.interpret import faithfulness, sanity
 from cnn_jax.interpret.activation_maximization import REDIRECT_STEPS, objective_values
+from cnn_jax.interpret.methods import Settings
 from cnn_jax.models import get_model
 
 DATA_DIR = SHARED_DATA
@@ -138,3 +140,40 @@ def test_gradients_decorrelate_under_cascading_randomization_and_guided_backprop
     for metric, gap in gaps.items():
         gap = np.asarray(gap)
         assert gap.min() > 0 and gap.mean() > 3 * gap.std(ddof=1), (metric, gap)
+
+
+# --- faithfulness (Petsiuk et al. 2018) ----------------------------------------------------------------------------
+
+def test_gradient_methods_delete_and_insert_the_evidence_faster_than_chance(mnist):
+    """On the trained model, ranking pixels by gradient x input or integrated gradients makes the predicted class's
+    probability fall faster under deletion (lower AUC) and rise faster under insertion (higher AUC) than a random
+    ranking does. Over three seeds (three chunks of 16 images, each with its own random ranking and order of ties),
+    each gap is positive in every seed and more than three standard deviations of the gap across seeds."""
+    images, seeds = jnp.asarray(mnist.images[:48]), 3
+    targets = jnp.argmax(mnist.f(mnist.variables)(images), axis=-1)
+    result = faithfulness.faithfulness(mnist.model, mnist.variables, images, targets, jax.random.key(0),
+                                       methods=["gradient_x_input", "integrated_gradients"], baselines=["random"],
+                                       steps=16, settings=Settings(path_steps=16), chunk=len(images) // seeds)
+
+    def areas(name, kind):  # the mean AUC of each chunk
+        return np.asarray(faithfulness.area(getattr(result, kind)[name])).reshape(seeds, -1).mean(axis=1)
+
+    for name in ("gradient_x_input", "integrated_gradients"):
+        for kind, gap in (("deletion", areas("random", "deletion") - areas(name, "deletion")),
+                          ("insertion", areas(name, "insertion") - areas("random", "insertion"))):
+            assert gap.min() > 0 and gap.mean() > 3 * gap.std(ddof=1), (name, kind, gap)
+
+
+# --- feature visualization beside dataset examples -------------------------------------------------------------
+
+def test_optimized_images_excite_a_channel_more_than_any_test_image(mnist):
+    """Distill's comparison: for channels of the last convolutional map, the optimized image raises the channel's
+    mean activation above that of the best of 256 natural test images (found by top_examples)."""
+    channels = [0, 5, 10, 15]
+    objective = interpret.channel("features", channels)
+    best, = interpret.top_examples(mnist.model, mnist.variables, [objective],
+                                   [{"image": mnist.images[i:i + 64]} for i in range(0, NUM_TEST, 64)], k=1)
+    result = jax.jit(lambda v, key: interpret.activation_maximization(mnist.model, v, objective, (28, 28, 1), key,
+                                                                      steps=128))(mnist.variables, jax.random.key(0))
+    optimized = objective_values(mnist.model, mnist.variables, objective, result.images)
+    assert np.all(np.asarray(optimized) > best.values[:, 0]), (optimized, best.values[:, 0])
