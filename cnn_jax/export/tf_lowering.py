@@ -6,7 +6,7 @@ part of the vhlo support yet"; ``jnp`` slicing lowers to a gather under symbolic
 pool), so no zoo model with a pooling crop converts with a dynamic batch. Writing each primitive as the TF op
 that TFLite has a builtin for gives a graph of builtins only (no Flex or custom ops), with the batch dynamic,
 that the converter also quantizes (dynamic-range and full int8). Each primitive is tested against JAX
-(tests/test_export_ops.py).
+(tests/export/test_export_ops.py, tests/export/test_onnx_rules.py).
 """
 from __future__ import annotations
 
