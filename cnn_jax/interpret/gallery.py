@@ -256,11 +256,13 @@ def write_feature_page(model: nn.Module, variables: Mapping, batches, out_dir, *
     if copies < 1 or not channels + classes:
         raise ValueError(f"write_feature_page needs copies >= 1 and some channels or classes, got copies={copies}, "
                          f"channels={channels}, classes={classes}")
-    groups = [(FEATURE_CHANNELS, channel(layer, channels), [f"{layer} [{c}]" for c in channels],
-               f"Channels of {layer}"),
-              (FEATURE_CLASSES, class_logit(classes), [class_names[c] if c < len(class_names) else f"class {c}"
-                                                       for c in classes], "Classes")]
-    groups = [group for group in groups if group[1].indices]
+    groups = []  # (figure, objective, row titles, heading) of the channels, then of the classes
+    if channels:
+        groups.append((FEATURE_CHANNELS, channel(layer, channels), [f"{layer} [{c}]" for c in channels],
+                       f"Channels of {layer}"))
+    if classes:
+        groups.append((FEATURE_CLASSES, class_logit(classes),
+                       [class_names[c] if c < len(class_names) else f"class {c}" for c in classes], "Classes"))
     found = top_examples(model, variables, [group[1] for group in groups], batches, examples)
     intro = ("<p>Olah et al., <i>Feature Visualization</i> (Distill 2017): on the left, images optimized to excite "
              f"the unit ({copies} per unit, pushed apart by a diversity term); on the right, the natural images "
