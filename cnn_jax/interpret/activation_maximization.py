@@ -128,13 +128,17 @@ def _selected(objective: Objective, values: Array) -> Array:
 def gram_similarity(activation: Array, indices: Sequence[int]) -> Array:
     """For each image, the mean cosine similarity of its layer's Gram matrix (channel by channel, over positions)
     to those of the other images optimized for the same index, (N,); 0 for an image alone with its index. Lucid's
-    ``diversity`` objective: lowering it makes images of one channel show different facets of it."""
+    ``diversity`` objective: lowering it makes images of one channel show different facets of it. A layer that is
+    all zero counts as fully similar (1), so that switching the layer off never pays as diversity."""
     flat = activation.astype(jnp.float32).reshape(activation.shape[0], -1, activation.shape[-1])
     gram = jnp.einsum("npc,npd->ncd", flat, flat).reshape(flat.shape[0], -1) / flat.shape[1]
-    gram = gram / jnp.maximum(jnp.linalg.norm(gram, axis=1, keepdims=True), 1e-12)
+    norms = jnp.linalg.norm(gram, axis=1)
+    alive = norms > 0
+    unit = gram / jnp.where(alive, norms, 1)[:, None]
+    cosine = jnp.where(alive[:, None] & alive[None, :], unit @ unit.T, 1.0)
     indices = np.asarray(indices)
     same = (indices[:, None] == indices[None, :]) & ~np.eye(len(indices), dtype=bool)
-    return (gram @ gram.T * same).sum(axis=1) / np.maximum(same.sum(axis=1), 1)
+    return (cosine * same).sum(axis=1) / np.maximum(same.sum(axis=1), 1)
 
 
 def _frequency_scale(height: int, width: int, decay: float) -> np.ndarray:

@@ -58,6 +58,8 @@ def test_gram_similarity_is_cosine_between_copies_of_one_index():
     grams = np.stack([a.reshape(-1, 4).T @ a.reshape(-1, 4) for a in np.asarray(activation)]).reshape(3, -1)
     cosine = grams[0] @ grams[1] / np.linalg.norm(grams[0]) / np.linalg.norm(grams[1])
     np.testing.assert_allclose(gram_similarity(activation, (7, 7, 2)), [cosine, cosine, 0.0], rtol=1e-5)
+    dead = activation.at[1].set(0.0)  # a layer switched off is not a new facet
+    np.testing.assert_allclose(gram_similarity(dead, (7, 7, 2)), [1.0, 1.0, 0.0], rtol=1e-6)
 
 
 def test_the_diversity_term_pushes_copies_of_a_channel_apart(small_cnn):
