@@ -114,15 +114,15 @@ def test_the_same_steps_lowered_for_cpu_hold_the_onednn_calls():
 
 
 @pytest.mark.skipif(not onednn.available(), reason="the oneDNN kernel is not built here (no g++ or wheels)")
-@pytest.mark.xfail(strict=True, raises=NotImplementedError, reason=(
-    "one module for cpu and another platform: JAX lowers each platform_dependent branch for every platform of the "
-    "module, and the oneDNN primitives (cnn_jax/ops/onednn/primitive.py) have a cpu lowering only; a default "
-    "lowering there (XLA's convolution) would make it pass"))
 def test_one_module_for_cpu_and_cuda_in_mode_fast():
+    """JAX lowers each platform_dependent branch for every platform of a module: the oneDNN primitives lower to
+    XLA's convolution off the CPU, so one module serves the CPU (on oneDNN) and cuda."""
     if len(jax.devices("cpu")) != 1:
         pytest.skip("oneDNN serves one CPU device only; this process has several")
-    state, _, eval_batch = abstract_inputs("resnet20", batch=2)
-    jax.jit(eval_step).trace(state, eval_batch).lower(lowering_platforms=("cpu", "cuda"))
+    state, train_batch, eval_batch = abstract_inputs("resnet20", batch=2)
+    evaluation = jax.jit(eval_step).trace(state, eval_batch).lower(lowering_platforms=("cpu", "cuda")).as_text()
+    training = jax.jit(make_train_step()).trace(state, train_batch).lower(lowering_platforms=("cpu", "cuda"))
+    assert build.FUSED_TARGET in evaluation and build.TARGET in training.as_text()
 
 
 def lower_over_the_mesh(names, out: str) -> None:

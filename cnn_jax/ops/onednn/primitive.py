@@ -10,12 +10,17 @@ A second primitive, ``fused_p``, is the inference forward with an epilogue,
 ``act(F(x, w) * scale + shift [+ residual])``,
 computed by the kernel as post-ops. It has no differentiation rules of its own: ``ops.conv2d_epilogue`` wraps it
 in a ``custom_jvp`` whose derivative is that of the same function written as separate ops.
+
+Both lower to oneDNN on the CPU and to XLA's convolution on every other platform: the kernel choices of
+``ops.fast`` stage them in the CPU branch of ``lax.platform_dependent``, and a module lowered for the CPU and
+another platform at once lowers every branch for every platform, although only the CPU runs that one.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.extend import core
 from jax.interpreters import ad, batching, mlir
 
@@ -169,3 +174,33 @@ fused_p.def_impl(_fused_impl)
 fused_p.def_abstract_eval(_fused_abstract_eval)
 batching.primitive_batchers[fused_p] = _fused_batch
 mlir.register_lowering(fused_p, mlir.lower_fun(_fused_lower, multiple_results=False), platform="cpu")
+
+
+# --- every platform but the CPU: the same functions on XLA's convolution ------------------------------------------
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+_XLA_ACTIVATIONS = {None: lambda y: y, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
+
+
+def _xla_forward(x, w, geometry):
+    strides, pads, dilations, groups = geometry
+    return lax.conv_general_dilated(x, w, strides, [tuple(pair) for pair in pads], rhs_dilation=dilations,
+                                    dimension_numbers=_DIMENSIONS, feature_group_count=groups)
+
+
+def _xla_conv(a, b, *, mode, shape, geometry):
+    if mode == FORWARD:
+        return _xla_forward(a, b, geometry)
+    zeros = jnp.zeros(shape, a.dtype)
+    if mode == DATA_GRADIENT:  # a = dy, b = w
+        return jax.vjp(lambda x: _xla_forward(x, b, geometry), zeros)[1](a)[0]
+    return jax.vjp(lambda w: _xla_forward(a, w, geometry), zeros)[1](b)[0]  # a = x, b = dy
+
+
+def _xla_fused(x, w, scale, shift, *residual, shape, geometry, activation):
+    y = (_xla_forward(x, w, geometry) * scale + shift).astype(x.dtype)
+    return _XLA_ACTIVATIONS[activation](y + residual[0] if residual else y)
+
+
+mlir.register_lowering(conv_p, mlir.lower_fun(_xla_conv, multiple_results=False))
+mlir.register_lowering(fused_p, mlir.lower_fun(_xla_fused, multiple_results=False))
