@@ -6,6 +6,12 @@ run read it, from its flags.json), saliency, SmoothGrad, Integrated Gradients an
 the prediction; the first convolution's filters; the feature maps of every sown layer; and one
 activation-maximization image per class. `--images=a.jpg,b.png` explains those files instead; their true
 class being unknown, the gallery's "true" column repeats the prediction.
+
+Beside it, `features.html` (`write_feature_page`): `--copies` images optimized for each of `--channels` of
+`--feature_layer` and for each of `--classes`, next to the natural images that excite each most among the first
+`--num_examples` of `--examples_split` of `--examples_dataset` (a tfds name or an image folder; default the run's
+dataset). `--pretrained=efficientnet_lite0 --examples_dataset=tf_flowers` makes that page for a pretrained
+ImageNet model (`cnn_jax.pretrained`, offline weights) instead of a run, into `<workdir>/gallery/`.
 """
 import dataclasses
 import json
@@ -21,7 +27,8 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 
 from cnn_jax import cli, data, export  # noqa: E402
-from cnn_jax.interpret.gallery import write_gallery  # noqa: E402
+from cnn_jax.interpret.gallery import write_feature_page, write_gallery  # noqa: E402
+from cnn_jax.interpret.taps import tap  # noqa: E402
 from cnn_jax.workdir_files import GALLERY_DIR, SETTINGS_FILE  # noqa: E402
 
 
@@ -38,6 +45,16 @@ class Visualize:
       smoothgrad_samples: noisy copies averaged by SmoothGrad.
       ig_steps: steps along the Integrated Gradients path.
       visualization_steps: optimization steps of each activation-maximization image.
+      pretrained: a cnn_jax.pretrained ImageNet model to make the feature page for, instead of the run's export.
+      examples_dataset: tfds name or image folder of the dataset examples; default: the run's dataset.
+      examples_split: split of examples_dataset the examples come from.
+      num_examples: images of that split searched for the examples (the first ones).
+      feature_layer: layer whose channels the feature page shows.
+      channels: channels of feature_layer to show; default: 6 spread over the layer.
+      classes: classes to show; default: the 4 predicted most often on the first batch of examples.
+      copies: optimized images per channel or class, kept apart by the diversity term.
+      diversity: weight of the diversity term (Lucid's): how far the copies are pushed apart.
+      feature_steps: optimization steps of each image of the feature page.
       seed: seed of SmoothGrad's noise and the visualizations' jitter.
     """
     workdir: Optional[str] = None
@@ -48,11 +65,29 @@ class Visualize:
     smoothgrad_samples: int = 16
     ig_steps: int = 32
     visualization_steps: int = 128
+    pretrained: Optional[str] = None
+    examples_dataset: Optional[str] = None
+    examples_split: str = "test"
+    num_examples: int = 1024
+    feature_layer: str = "features"
+    channels: tuple[str, ...] = ()  # comma-separated channel indices
+    classes: tuple[str, ...] = ()  # comma-separated class indices
+    copies: int = 3
+    diversity: float = 10.0
+    feature_steps: int = 256
     seed: int = 0
 
     def __post_init__(self):
-        if self.num_images < 1:
-            raise ValueError(f"--num_images={self.num_images} must be at least 1")
+        for name in ("num_images", "num_examples", "copies", "feature_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}={getattr(self, name)} must be at least 1")
+        for name in ("channels", "classes"):
+            if not all(value.isdigit() for value in getattr(self, name)):
+                raise ValueError(f"--{name}={','.join(getattr(self, name))} must be comma-separated indices (0 or "
+                                 "more), e.g. 0,5,12")
+        if self.pretrained and not self.examples_dataset:
+            raise ValueError(f"--pretrained={self.pretrained} needs --examples_dataset (a tfds name such as "
+                             "tf_flowers, or an image folder) to find its dataset examples in")
 
 
 def test_images(workdir: str, meta, num_images: int, data_dir=None):
@@ -82,24 +117,87 @@ def image_files(paths, model, variables, meta):
     return images, np.asarray(jnp.argmax(model.apply(variables, images), axis=-1))
 
 
+def examples_source(config: Visualize, run_flags: dict, image_size, batch_size: int = 32):
+    """(a function returning batches of the first ``config.num_examples`` images of the examples' split, read at
+    ``image_size``; a description for the page)."""
+    name = config.examples_dataset or run_flags.get("dataset")
+    if not name:
+        raise ValueError("cannot tell which images to search for dataset examples; pass --examples_dataset")
+    dataset = data.load(data.DataConfig(name, data_dir=config.data_dir or run_flags.get("data_dir"), batch_size=1,
+                                        eval_batch_size=batch_size, image_size=image_size))
+
+    def first_batches():
+        seen = 0
+        for batch in dataset.eval_batches(config.examples_split):
+            if seen >= config.num_examples:
+                return
+            keep = np.arange(len(batch["mask"])) < config.num_examples - seen
+            seen += int(batch["mask"].sum())
+            yield {**batch, "mask": batch["mask"] * keep}
+
+    return first_batches, f"among the first {config.num_examples} of {name}'s {config.examples_split} split"
+
+
+def run_flags_of(workdir: str) -> dict:
+    """The run's recorded flags (empty when it has none)."""
+    try:
+        with open(os.path.join(workdir, SETTINGS_FILE), encoding="utf-8") as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return {}
+
+
+def feature_page(config: Visualize, model, variables, image_shape, class_names, title: str):
+    """Writes the feature page of ``config`` into the workdir's gallery; returns its path."""
+    run_flags = {} if config.pretrained else run_flags_of(config.workdir)
+    # the run's own images as the run read them; other images at the model's input size
+    size = run_flags.get("image_size") if run_flags and not config.examples_dataset else tuple(image_shape[:2])
+    batches, source = examples_source(config, run_flags, (size, size) if isinstance(size, int) else size)
+    layer_shape = jax.eval_shape(lambda x: tap(model, variables, config.feature_layer)(x)[1],
+                                 jnp.zeros((1, *image_shape), jnp.float32)).shape
+    channels = tuple(int(c) for c in config.channels or np.linspace(0, layer_shape[-1] - 1, 6).round())
+    classes = tuple(int(c) for c in config.classes)
+    if not classes:
+        first = next(iter(batches()))
+        predicted = np.asarray(jnp.argmax(jax.jit(model.apply)(variables, first["image"]), axis=-1))
+        predicted = predicted[np.asarray(first["mask"]) > 0]
+        counts = np.bincount(predicted, minlength=1)
+        classes = tuple(int(c) for c in np.argsort(-counts, kind="stable")[:min(4, np.count_nonzero(counts))])
+    return write_feature_page(model, variables, batches(), os.path.join(config.workdir, GALLERY_DIR),
+                              image_shape=image_shape, layer=config.feature_layer, channels=channels,
+                              classes=classes, class_names=class_names, rng=jax.random.key(config.seed + 1),
+                              copies=config.copies, steps=config.feature_steps, diversity=config.diversity,
+                              source=source, title=title)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         config = cli.parse(Visualize())
+        if config.pretrained:
+            from cnn_jax import pretrained
+            model, variables = pretrained.load_pretrained(config.pretrained)
+            size = pretrained.pretrained_spec(config.pretrained).image_size
+            page = feature_page(config, model, variables, (size, size, 3), [],
+                                f"What {config.pretrained} (ImageNet) responds to")
+            print(f"feature page of {config.pretrained}: {page}")
+            return
         model, variables, meta = export.load_export(config.workdir)
         if config.images:
             images, labels = image_files(config.images, model, variables, meta)
         else:
             images, labels = test_images(config.workdir, meta, config.num_images, config.data_dir)
+        title = f"What {meta.model_name} looks at ({config.workdir})"
         index = write_gallery(model, variables, images, labels, meta.class_names,
                               os.path.join(config.workdir, GALLERY_DIR), rng=jax.random.key(config.seed),
                               layer=config.layer, smoothgrad_samples=config.smoothgrad_samples,
-                              ig_steps=config.ig_steps, visualization_steps=config.visualization_steps,
-                              title=f"What {meta.model_name} looks at ({config.workdir})")
+                              ig_steps=config.ig_steps, visualization_steps=config.visualization_steps, title=title)
+        features = feature_page(config, model, variables, meta.image_shape, meta.class_names,
+                                f"What {meta.model_name}'s units respond to ({config.workdir})")
     except (ValueError, data.DatasetUnavailableError) as error:  # each says what to fix
         sys.exit(f"error: {error}")
-    print(f"gallery of {len(labels)} images: {index}")
+    print(f"gallery of {len(labels)} images: {index} (and {features.name})")
 
 
 if __name__ == "__main__":

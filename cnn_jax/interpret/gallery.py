@@ -271,9 +271,11 @@ def write_feature_page(model: nn.Module, variables: Mapping, batches, out_dir, *
     sections = []
     for index, ((figure, objective, titles, heading), best) in enumerate(zip(groups, found, strict=True)):
         repeated = objective._replace(indices=tuple(i for i in objective.indices for _ in range(copies)))
+        # ReLUs redirected wherever the unit's plain gradient is exactly zero, at every step (not only Lucid's
+        # first 16): a channel of a wide layer often starts off everywhere and would never move
         optimize = jax.jit(lambda v, key, repeated=repeated: activation_maximization(
             model, v, repeated, tuple(image_shape), key, steps=steps, diversity=diversity if copies > 1 else 0.0,
-            diversity_layer=layer if repeated.kind == "logit" else None))
+            diversity_layer=layer if repeated.kind == "logit" else None, redirect_steps=steps))
         images = optimize(variables, jax.random.fold_in(rng, index)).images
         values = np.asarray(jax.jit(lambda v, x, repeated=repeated: objective_values(model, v, repeated, x))(
             variables, images))

@@ -1,4 +1,5 @@
-"""`experiments/visualize.py`: a gallery for a run's export on the test images of the run's dataset."""
+"""`experiments/visualize.py`: a gallery for a run's export on the test images of the run's dataset, with its feature
+page; the experiments' flags checked before anything loads (visualize, faithfulness)."""
 from __future__ import annotations
 
 import json
@@ -47,10 +48,13 @@ def _run_with_export(root):
 def test_gallery_of_the_runs_test_images(tmp_path):
     workdir = _run_with_export(tmp_path)
     proc = _visualize(f"--workdir={workdir}", "--num_images=3", "--ig_steps=2", "--smoothgrad_samples=2",
-                      "--visualization_steps=2")
+                      "--visualization_steps=2", "--feature_steps=2", "--copies=2", "--channels=0,5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     index = workdir / "gallery" / "index.html"
-    assert f"gallery of 2 images: {index}" in proc.stdout  # the test split: 20% of 10 images
+    assert f"gallery of 2 images: {index} (and features.html)" in proc.stdout  # the test split: 20% of 10 images
+    features = (workdir / "gallery" / "features.html").read_text()
+    assert 'src="feature_channels.png"' in features and 'src="feature_classes.png"' in features
+    assert '<a href="features.html">' in index.read_text()
     page = index.read_text()
     images = re.findall(r'<img src="([^"]+)"', page)
     assert set(images) == {"attributions.png", "filters.png", "feature_maps.png", "class_visualizations.png"}
@@ -63,3 +67,15 @@ def test_a_workdir_without_export_is_one_clear_error(tmp_path):
     proc = _visualize(f"--workdir={tmp_path}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"error: the export {tmp_path / 'export'} does not exist" in proc.stderr
+
+
+def test_bad_flags_are_one_clear_error_before_anything_loads(tmp_path):
+    proc = _visualize(f"--workdir={tmp_path}", "--channels=0,x")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: --channels=0,x must be comma-separated indices" in proc.stderr
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "experiments.faithfulness", f"--workdir={tmp_path}",
+                           "--methods=gradient,saliencey"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: unknown attribution method 'saliencey': use one or more of gradient, " in proc.stderr
