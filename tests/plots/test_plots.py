@@ -2,7 +2,8 @@
 import matplotlib.image
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from helpers import examples
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cnn_jax import evaluation, plots
@@ -13,7 +14,7 @@ NAMES = ("cat", "dog", "bird")
 
 # ---- evaluation ----
 
-@settings(deadline=None, max_examples=30)
+@examples(30)
 @given(num_classes=st.integers(1, 8), n=st.integers(0, 60), seed=st.integers(0, 2**16))
 def test_confusion_matrix_counts_labels_predictions_and_hits(num_classes, n, seed):
     rng = np.random.default_rng(seed)

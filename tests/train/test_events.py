@@ -8,7 +8,8 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from helpers import examples
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cnn_jax import tfrecord
@@ -24,7 +25,7 @@ def test_crc32c_matches_the_standard_check_values():
     assert tfrecord.crc32c(b"123456789") != zlib.crc32(b"123456789")  # not the IEEE CRC-32
 
 
-@settings(max_examples=25, deadline=None)
+@examples(25)
 @given(st.binary(max_size=300))
 def test_records_are_read_back_by_tensorflow(data):
     tf = pytest.importorskip("tensorflow")
