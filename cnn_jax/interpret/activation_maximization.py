@@ -10,10 +10,8 @@ The start, a near-gray image, can leave every unit of a layer off: on a trained 
 ReLU is negative on gray, so the plain gradient is exactly zero and the image never moves. As Lucid does, the
 first ``redirect_steps`` steps run the model with *redirected* ReLUs (Lucid's ``redirected_relu_grad``): where a
 ReLU layer passes no gradient at all for an image, its backward pass lets through every gradient that would raise
-an inactive unit, so the optimization walks out of the dead region; afterwards, and wherever the layer passes some
-gradient, the gradient is the plain one. On a convolutional map the rule holds channel by channel (Lucid's holds for
-the whole layer), so that a channel that is off everywhere still moves when other terms (a diversity term) keep
-the rest of the layer's gradient alive. The forward pass is never changed.
+an inactive unit, so the optimization walks out of the dead region; afterwards, and wherever some unit of the layer
+is on, the gradient is the plain one. The forward pass is never changed.
 """
 from __future__ import annotations
 
@@ -171,9 +169,8 @@ def _init_params(rng, batch: int, image_shape, decorrelate: bool) -> Array:
 
 def _redirected(activation, low: float, high: float):
     """``activation(x)`` (a ReLU clipping to [low, high]) whose backward pass, while ``redirect`` is true and the
-    plain gradient of an image is zero everywhere in the layer (in a channel, for (N, h, w, C) maps), passes the
-    loss gradient ``g`` there except where it would push a unit further out of range (below ``low`` with g > 0,
-    above ``high`` with g < 0: descent moves by -g)."""
+    plain gradient of an image is zero everywhere in the layer, passes the loss gradient ``g`` except where it would
+    push a unit further out of range (below ``low`` with g > 0, above ``high`` with g < 0: descent moves by -g)."""
     @jax.custom_vjp
     def redirected(x, redirect):
         return activation(x)
@@ -186,11 +183,8 @@ def _redirected(activation, low: float, high: float):
         plain = jnp.where((x > low) & (x < high), g, 0)
         outward = ((x <= low) & (g > 0)) | ((x >= high) & (g < 0))
         passing = jnp.where(outward, 0, g)
-        if plain.ndim == 4:  # a convolutional map: each channel of each image on its own
-            dead = jnp.all(plain == 0, axis=(1, 2), keepdims=True)
-        else:
-            per_image = plain.reshape(plain.shape[0], -1) if plain.ndim > 1 else plain.reshape(1, -1)
-            dead = jnp.all(per_image == 0, axis=1).reshape((-1,) + (1,) * max(plain.ndim - 1, 0))
+        per_image = plain.reshape(plain.shape[0], -1) if plain.ndim > 1 else plain.reshape(1, -1)
+        dead = jnp.all(per_image == 0, axis=1).reshape((-1,) + (1,) * max(plain.ndim - 1, 0))
         return jnp.where((redirect > 0) & dead, passing, plain), jnp.zeros_like(redirect)
 
     redirected.defvjp(forward, backward)

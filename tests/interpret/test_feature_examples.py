@@ -10,12 +10,7 @@ import pytest
 from helpers import Zoo
 
 from cnn_jax import interpret
-from cnn_jax.interpret.activation_maximization import (
-    gram_similarity,
-    objective_values,
-    unit_values,
-    with_redirected_relus,
-)
+from cnn_jax.interpret.activation_maximization import gram_similarity, objective_values, unit_values
 from cnn_jax.interpret.gallery import FEATURES, INDEX, write_feature_page
 
 
@@ -70,7 +65,7 @@ def test_gram_similarity_is_cosine_between_copies_of_one_index():
 def test_the_diversity_term_pushes_copies_of_a_channel_apart(small_cnn):
     """Three images of one channel, from the same start: with the diversity term their styles (Gram matrices at the
     layer) are less alike than without it (measured: cosine 0.94 without, 0.80 with a weight of 10), and the
-    channel is still raised above its start."""
+    channel is still raised well above its start."""
     objective = interpret.channel("stage2", [1, 1, 1])
     layer_of = interpret.tap(small_cnn.model, small_cnn.variables, "stage2")
     optimize = jax.jit(lambda v, key, weight: interpret.activation_maximization(
@@ -80,19 +75,7 @@ def test_the_diversity_term_pushes_copies_of_a_channel_apart(small_cnn):
     assert similarity[1] < similarity[0] - 0.05, similarity
     start = objective_values(small_cnn.model, small_cnn.variables, objective, jnp.full((3, 12, 12, 1), 0.5))
     final = objective_values(small_cnn.model, small_cnn.variables, objective, diverse)
-    assert np.all(np.asarray(final) > np.asarray(start) + 0.5), (start, final)  # measured: gains of 0.7 to 2.5
-
-
-def test_a_dead_channel_is_redirected_while_the_rest_of_its_layer_is_alive():
-    """Channel 0 is off everywhere, channel 1 on: a loss that would raise both passes the plain gradient to channel
-    1 and, while redirecting, the redirected one to channel 0, which the plain ReLU would leave at 0 for ever."""
-    x = jnp.stack([-jnp.ones((2, 2)), jnp.ones((2, 2))], axis=-1)[None]  # (1, 2, 2, 2)
-    g = -jnp.ones_like(x)  # descent raises every unit
-    for redirect, expected_dead in ((1.0, -1.0), (0.0, 0.0)):
-        _, pull = jax.vjp(with_redirected_relus(jax.nn.relu, jnp.asarray(redirect)), x)
-        gradient = np.asarray(pull(g)[0])
-        np.testing.assert_array_equal(gradient[..., 1], -1.0)
-        np.testing.assert_array_equal(gradient[..., 0], expected_dead)
+    assert np.all(np.asarray(final) > np.asarray(start) + 1.0), (start, final)
 
 
 def test_diversity_needs_a_layer_for_classes(small_cnn):
