@@ -296,11 +296,6 @@ class Zoo:
         self.f = jax.jit(lambda x: self.model.apply(self.variables, x))
 
 
-@pytest.fixture(scope="module")
-def pair():
-    return pytest.importorskip("saliency.core", reason="parity tests need PAIR-code saliency==0.2.1")
-
-
 def pair_model_function(pair, zoo, layer_values=None):
     """A ``saliency.core`` call_model_function over a zoo model, with ``call_model_args={"target": class}``.
 

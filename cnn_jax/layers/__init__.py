@@ -8,5 +8,5 @@ from cnn_jax.layers.conv import Conv, ConvBN, ConvPool, he_normal, padding_for
 from cnn_jax.layers.dropout import Dropout
 from cnn_jax.layers.normalize import Normalize
 
-__all__ = ["BatchNorm", "Bottleneck", "Conv", "ConvBN", "ConvPool", "Dropout", "InvertedResidual", "Normalize", "ResidualBlock",
-           "SqueezeExcite", "he_normal", "padding_for"]
+__all__ = ["BatchNorm", "Bottleneck", "Conv", "ConvBN", "ConvPool", "Dropout", "InvertedResidual", "Normalize",
+           "ResidualBlock", "SqueezeExcite", "he_normal", "padding_for"]

@@ -52,6 +52,10 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        return self.convolve(x)
+
+    def convolve(self, x: Array) -> Array:
+        """The convolution, its parameters declared here (``__call__`` and subclasses' ``__call__`` use it)."""
         channels = x.shape[-1]
         if channels % self.groups:
             raise ValueError(f"{self.name}: groups={self.groups} does not divide the {channels} input channels")
@@ -73,8 +77,9 @@ class ConvPool(Conv):
     pool: Callable = ops.max_pool
     window: int = 2
 
+    @nn.compact
     def __call__(self, x: Array) -> Array:
-        return self.pool(self.activation(super().__call__(x)), self.window)
+        return self.pool(self.activation(self.convolve(x)), self.window)
 
 
 class ConvBN(nn.Module):

@@ -24,7 +24,8 @@ from cnn_jax.ops.whitening import image_patches, patch_whitening_kernel
 
 __all__ = [
     "MODES", "LayerGeometry", "ReceptiveField", "avg_pool", "batch_norm", "batch_norm_train",
-    "batch_norm_train_reference", "batch_statistics", "bernoulli", "check_images", "conv2d", "conv2d_epilogue", "conv2d_max_pool",
-    "conv2d_reference", "conv_output_size", "count_params", "fold_batch_norm", "global_avg_pool", "global_max_pool",
-    "image_patches", "kernels", "max_pool", "patch_whitening_kernel", "receptive_field", "same_padding",
+    "batch_norm_train_reference", "batch_statistics", "bernoulli", "check_images", "conv2d", "conv2d_epilogue",
+    "conv2d_max_pool", "conv2d_reference", "conv_output_size", "count_params", "fold_batch_norm", "global_avg_pool",
+    "global_max_pool", "image_patches", "kernels", "max_pool", "patch_whitening_kernel", "receptive_field",
+    "same_padding",
 ]

@@ -456,8 +456,8 @@ def test_divergence_stops_at_the_first_bad_step_keeping_good_checkpoints(tmp_pat
 
 def test_eight_devices_agree_with_one(tmp_path):
     one = _run_for_device_test(str(tmp_path / "one"))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",  # tests/ holds helpers.py
+           "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])}
     out = str(tmp_path / "eight.npz")
     proc = subprocess.run([sys.executable, __file__, str(tmp_path / "eight"), out], env=env,
                           capture_output=True, text=True, timeout=300)
