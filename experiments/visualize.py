@@ -14,7 +14,6 @@ dataset). `--pretrained=efficientnet_lite0 --examples_dataset=tf_flowers` makes 
 ImageNet model (`cnn_jax.pretrained`, offline weights) instead of a run, into `<workdir>/gallery/`.
 """
 import dataclasses
-import json
 import os
 import sys
 from typing import Optional
@@ -26,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 
-from cnn_jax import cli, data, export  # noqa: E402
+from cnn_jax import cli, data, export, run  # noqa: E402
 from cnn_jax.interpret.gallery import write_feature_page, write_gallery  # noqa: E402
 from cnn_jax.interpret.taps import tap  # noqa: E402
 from cnn_jax.workdir_files import GALLERY_DIR, SETTINGS_FILE  # noqa: E402
@@ -92,13 +91,11 @@ class Visualize:
 
 def test_images(workdir: str, meta, num_images: int, data_dir=None):
     """The first ``num_images`` test images and labels of the dataset the run in ``workdir`` trained on."""
-    path = os.path.join(workdir, SETTINGS_FILE)
-    try:
-        with open(path, encoding="utf-8") as file:
-            run_flags = json.load(file)
-        name = run_flags["dataset"]
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"cannot tell the run's dataset from {path} ({error}); pass --images=FILES") from None
+    run_flags = run_flags_of(workdir)  # ValueError naming the file when it is damaged
+    name = run_flags.get("dataset")
+    if not name:
+        raise ValueError(f"cannot tell the run's dataset: {os.path.join(workdir, SETTINGS_FILE)} records none; "
+                         "pass --images=FILES")
     size = run_flags.get("image_size")  # [height, width]; a single int in records from before 2026-12-03
     size = (size, size) if isinstance(size, int) else size
     dataset = data.load(data.DataConfig(name, data_dir=data_dir or run_flags.get("data_dir"), batch_size=1,
@@ -139,12 +136,8 @@ def examples_source(config: Visualize, run_flags: dict, image_size, batch_size: 
 
 
 def run_flags_of(workdir: str) -> dict:
-    """The run's recorded flags (empty when it has none)."""
-    try:
-        with open(os.path.join(workdir, SETTINGS_FILE), encoding="utf-8") as file:
-            return json.load(file)
-    except (OSError, ValueError):
-        return {}
+    """The run's recorded flags (empty when it has none); ValueError naming the file when the record is damaged."""
+    return run.read_settings(workdir) or {}
 
 
 def feature_page(config: Visualize, model, variables, image_shape, class_names, title: str):
