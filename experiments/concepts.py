@@ -38,7 +38,7 @@ from cnn_jax.ops import (
     receptive_field,
     same_padding,
 )
-from cnn_jax.plots.training import _save
+from cnn_jax.plots.figure import save_figure
 from cnn_jax.workdir_files import CONCEPTS_FILE, FIGURES_DIR
 
 
@@ -135,7 +135,7 @@ def figure_params(path) -> dict:
     ax.set_xticks(SIZES, [str(s) for s in SIZES])
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
     return {str(size): value for size, value in counts.items()}
 
 
@@ -158,7 +158,7 @@ def figure_edges(path, size: int) -> dict:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("3x3 filters respond to edges of one orientation (red: positive, blue: negative)")
-    _save(fig, path)
+    save_figure(fig, path)
     return {name: float(np.abs(value).max()) for name, value in maps.items()}
 
 
@@ -184,7 +184,7 @@ def figure_stride_padding(path, size: int = 7, kernel: int = 3) -> dict:
         sizes[f"stride {stride} {padding}"] = out
     fig.suptitle(f"a {kernel}x{kernel} window (blue) on a {size}x{size} input (white; gray = zero padding); "
                  "red dots: window centres = output pixels", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return sizes
 
 
@@ -200,7 +200,7 @@ def figure_pooling(path) -> dict:
         _annotate(ax, result, fmt="{:.1f}")
         ax.set_title(f"{name} -> 3x3", fontsize=9)
     fig.suptitle("max pooling keeps the strongest response of each window; averaging smooths it")
-    _save(fig, path)
+    save_figure(fig, path)
     return {name: result.tolist() for name, result in pooled.items()}
 
 
@@ -232,7 +232,7 @@ def figure_receptive_field(path) -> dict:
            title="receptive fields grow linearly with plain convs,\nexponentially with pooling or dilation")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
     return fields
 
 
@@ -273,7 +273,7 @@ def figure_equivariance(path, size: int) -> dict:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle("convolution commutes with shifts (equivariance), not with rotations (Sobel x filter)")
-    _save(fig, path)
+    save_figure(fig, path)
     return {name: case["error"] for name, case in result["cases"].items()}
 
 

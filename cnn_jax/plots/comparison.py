@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, LogLocator
 
-from cnn_jax.plots.training import PathLike, _save
+from cnn_jax.plots.figure import PathLike, save_figure
 
 REQUIRED_KEYS = ("arm", "params", "test_accuracy", "train_images_per_sec")
 _PANELS = (("params", "parameters"), ("train_images_per_sec", "training throughput (images/s)"))
@@ -47,4 +47,4 @@ def plot_comparison(rows: Sequence[Mapping], path: PathLike, title: str = "") ->
     fig.axes[0].set_ylabel("test accuracy")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnn_jax.plots.training import PathLike, _save
+from cnn_jax.plots.figure import PathLike, save_figure
 
 _PANELS = (("deletion", "deletion: pixels turned black, most important first (lower is better)"),
            ("insertion", "insertion: pixels restored onto a blurred copy (higher is better)"))
@@ -33,4 +33,4 @@ def plot_faithfulness_curves(summary: dict, path: PathLike) -> pathlib.Path:
         ax.legend(fontsize=7, title="method (AUC)", title_fontsize=7)
     axes[0].set_ylabel(f"mean probability of the explained class ({summary['images']} images)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

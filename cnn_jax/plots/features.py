@@ -8,8 +8,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnn_jax.plots.interpret import _PANEL, _check_images, _show
-from cnn_jax.plots.training import PathLike, _save
+from cnn_jax.plots.figure import PANEL_INCHES, PathLike, check_images, save_figure, show_image
 
 
 def plot_feature_examples(optimized, optimized_values, examples, example_values, row_titles: Sequence[str],
@@ -22,25 +21,25 @@ def plot_feature_examples(optimized, optimized_values, examples, example_values,
         raise ValueError(f"one row per unit: optimized (units, copies, H, W, C) {optimized.shape}, examples "
                          f"(units, k, H, W, C) {examples.shape} and {len(row_titles)} row titles")
     units, copies, k = len(optimized), optimized.shape[1], examples.shape[1]
-    _check_images(optimized[0], "optimized images")
-    _check_images(examples[0], "dataset examples")
+    check_images(optimized[0], "optimized images")
+    check_images(examples[0], "dataset examples")
     columns = copies + 1 + k  # a blank column between the two groups
-    fig = Figure(figsize=(_PANEL * 0.75 * columns, _PANEL * 0.8 * units + 0.6))
+    fig = Figure(figsize=(PANEL_INCHES * 0.75 * columns, PANEL_INCHES * 0.8 * units + 0.6))
     axes = np.asarray(fig.subplots(units, columns, squeeze=False))
     for row in range(units):
         for col in range(columns):
             axes[row, col].set_axis_off()
         for c in range(copies):
-            _show(axes[row, c], optimized[row, c])
+            show_image(axes[row, c], optimized[row, c])
             label = f"{row_titles[row]}\n" if c == 0 else ""
             axes[row, c].set_title(f"{label}{float(optimized_values[row][c]):.2f}", fontsize=7)
         for j in range(k):
             if np.isfinite(example_values[row][j]):
-                _show(axes[row, copies + 1 + j], examples[row, j])
+                show_image(axes[row, copies + 1 + j], examples[row, j])
                 axes[row, copies + 1 + j].set_title(f"{float(example_values[row][j]):.2f}", fontsize=7)
     axes[0, 0].text(0, 1.45, "optimized (objective value)", transform=axes[0, 0].transAxes, fontsize=8)
     axes[0, copies + 1].text(0, 1.45, "dataset examples (value)", transform=axes[0, copies + 1].transAxes,
                              fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -11,29 +11,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnn_jax.plots.training import PathLike, _save
+from cnn_jax.plots.figure import PANEL_INCHES, PathLike, check_images, save_figure, show_image
 
 _HEAT_CMAP = "inferno"
-_PANEL = 1.8  # inches per image panel
-
-
-def _check_images(images, what: str = "images") -> np.ndarray:
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"{what} must be (N, H, W, C) with 1 or 3 channels, got shape {images.shape}")
-    return images
-
-
-def _show(ax, image: np.ndarray) -> None:
-    """An (H, W, 1 | 3) image in [0, 1], without axes."""
-    image = np.clip(image, 0, 1)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(image)
-    ax.set_axis_off()
-
-
 def attribution_heatmap(attribution, percentile: float = 99.0) -> np.ndarray:
     """An (H, W, C) or (H, W) attribution as an (H, W) map in [0, 1]: absolute values summed over channels,
     divided by their ``percentile`` (PAIR-code saliency's ``VisualizeImageGrayscale``, without the offset)."""
@@ -51,7 +31,7 @@ def plot_attributions(images, attributions: Mapping[str, object], path: PathLike
     """One row per image: the image, then each method's heat map over a gray copy of it (opaque where the
     attribution is strong). ``attributions`` maps a method name to its maps, (N, H, W, C) or (N, H, W);
     ``titles`` (one per image, e.g. the prediction) head the image column."""
-    images = _check_images(images)
+    images = check_images(images)
     n = len(images)
     for name, maps in attributions.items():
         if np.shape(maps)[:3] != images.shape[:3]:
@@ -59,11 +39,11 @@ def plot_attributions(images, attributions: Mapping[str, object], path: PathLike
     if titles is not None and len(titles) != n:
         raise ValueError(f"{len(titles)} titles for {n} images")
     columns = 1 + len(attributions)
-    fig = Figure(figsize=(_PANEL * columns, _PANEL * n + 0.3))
+    fig = Figure(figsize=(PANEL_INCHES * columns, PANEL_INCHES * n + 0.3))
     axes = np.asarray(fig.subplots(n, columns, squeeze=False))
     gray = images.mean(axis=-1)
     for i in range(n):
-        _show(axes[i, 0], images[i])
+        show_image(axes[i, 0], images[i])
         if titles is not None:
             axes[i, 0].set_title(titles[i], fontsize=8)
         for j, (name, maps) in enumerate(attributions.items(), start=1):
@@ -73,7 +53,7 @@ def plot_attributions(images, attributions: Mapping[str, object], path: PathLike
             axes[i, j].set_axis_off()
             if i == 0:
                 axes[i, j].set_title(name, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -101,9 +81,9 @@ def plot_filters(kernel, path: PathLike, max_filters: int = 64, title: str = "fi
         ax.set_axis_off()
         if k < count:
             tile = kernel[..., k] if kernel.shape[2] == 3 else kernel[..., k].mean(axis=-1, keepdims=True)
-            _show(ax, _normalize(tile))
+            show_image(ax, _normalize(tile))
     fig.suptitle(f"{title} ({kernel.shape[0]}x{kernel.shape[1]}x{kernel.shape[2]}, {count} of {kernel.shape[3]})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_feature_maps(feature_maps: Mapping[str, object], path: PathLike, max_channels: int = 8,
@@ -117,36 +97,36 @@ def plot_feature_maps(feature_maps: Mapping[str, object], path: PathLike, max_ch
         if value.ndim != 3:
             raise ValueError(f"feature maps of one image are (h, w, C); {name} has shape {value.shape}")
     rows = len(maps) + (image is not None)
-    fig = Figure(figsize=(_PANEL * max_channels * 0.7 + 1.2, _PANEL * 0.8 * rows + 0.3))
+    fig = Figure(figsize=(PANEL_INCHES * max_channels * 0.7 + 1.2, PANEL_INCHES * 0.8 * rows + 0.3))
     axes = np.asarray(fig.subplots(rows, max_channels, squeeze=False))
     for ax in axes.ravel():
         ax.set_axis_off()
     if image is not None:
-        _show(axes[0, 0], np.asarray(image, np.float32))
+        show_image(axes[0, 0], np.asarray(image, np.float32))
         axes[0, 0].set_title("input", fontsize=8)
     for row, (name, value) in enumerate(maps.items(), start=rows - len(maps)):
         strongest = np.argsort(-value.mean(axis=(0, 1)))[:max_channels]
         for col, channel in enumerate(strongest):
             axes[row, col].imshow(_normalize(value[..., channel]), cmap="viridis", vmin=0, vmax=1)
             axes[row, col].set_title(f"{name} [{channel}]" if col == 0 else f"[{channel}]", fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_grid(images, path: PathLike, titles: Optional[Sequence[str]] = None, cols: Optional[int] = None,
                     title: Optional[str] = None) -> pathlib.Path:
     """Images (N, H, W, C) in [0, 1] in a grid, e.g. activation-maximization images titled by class or channel."""
-    images = _check_images(images)
+    images = check_images(images)
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"{len(titles)} titles for {len(images)} images")
     rows, cols = _grid(len(images), cols)
-    fig = Figure(figsize=(_PANEL * cols, _PANEL * rows + (0.4 if title else 0.1)))
+    fig = Figure(figsize=(PANEL_INCHES * cols, PANEL_INCHES * rows + (0.4 if title else 0.1)))
     axes = np.asarray(fig.subplots(rows, cols, squeeze=False)).ravel()
     for k, ax in enumerate(axes):
         ax.set_axis_off()
         if k < len(images):
-            _show(ax, images[k])
+            show_image(ax, images[k])
             if titles is not None:
                 ax.set_title(titles[k], fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -10,8 +10,8 @@ import pathlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnn_jax.plots.interpret import _PANEL, _show, attribution_heatmap
-from cnn_jax.plots.training import PathLike, _save
+from cnn_jax.plots.figure import PANEL_INCHES, PathLike, save_figure, show_image
+from cnn_jax.plots.interpret import attribution_heatmap
 
 _METRIC_TITLES = {"spearman": "Spearman rank correlation", "spearman_abs": "Spearman (absolute values)",
                   "ssim": "SSIM"}
@@ -27,13 +27,13 @@ def plot_sanity_maps(result, image, path: PathLike, percentile: float = 99.0) ->
     cascading randomization step, each scaled on its own."""
     labels = cascade_labels(result.order)
     columns = 1 + len(labels)
-    fig = Figure(figsize=(_PANEL * 0.8 * columns, _PANEL * 0.8 * len(result.methods) + 0.6))
+    fig = Figure(figsize=(PANEL_INCHES * 0.8 * columns, PANEL_INCHES * 0.8 * len(result.methods) + 0.6))
     axes = np.asarray(fig.subplots(len(result.methods), columns, squeeze=False))
     for row, name in enumerate(result.methods):
         maps = np.asarray(result.maps[name])
         if len(maps) != len(labels):
             raise ValueError(f"{name}: {len(maps)} maps for {len(labels)} cascade steps")
-        _show(axes[row, 0], np.asarray(image, np.float32))
+        show_image(axes[row, 0], np.asarray(image, np.float32))
         axes[row, 0].set_title(name, fontsize=8)
         for col, (label, heat) in enumerate(zip(labels, maps), start=1):
             axes[row, col].imshow(attribution_heatmap(heat, percentile), cmap="gray", vmin=0, vmax=1)
@@ -41,7 +41,7 @@ def plot_sanity_maps(result, image, path: PathLike, percentile: float = 99.0) ->
             if row == 0:
                 axes[row, col].set_title(label, fontsize=8)
     fig.suptitle("maps as the layers are randomized from the top (cascading)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sanity_curves(summary: dict, path: PathLike) -> pathlib.Path:
@@ -68,4 +68,4 @@ def plot_sanity_curves(summary: dict, path: PathLike) -> pathlib.Path:
     axes[0].set_ylabel("similarity to the trained model's maps")
     axes[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -8,23 +8,15 @@ creating parent directories, and returns the path written.
 from __future__ import annotations
 
 import math
-import os
 import pathlib
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.figure import Figure
 
-PathLike = Union[str, os.PathLike]
-_DPI = 120
+from cnn_jax.plots.figure import PathLike, save_figure
+
 _MISTAKE_COLOR, _CORRECT_COLOR = "tab:red", "tab:green"
-
-
-def _save(fig: Figure, path: PathLike) -> pathlib.Path:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-    return path
 
 
 def _series(records: Sequence[Mapping], x_key: str, key: str):
@@ -58,7 +50,7 @@ def plot_training_curves(records: Sequence[Mapping], path: PathLike) -> pathlib.
         ax.grid(alpha=0.3)
         if names:
             ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plain_text(name: str) -> str:
@@ -98,7 +90,7 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], pat
             text = f"{values[i, j]:.2f}" if normalize else f"{int(confusion[i, j])}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if values[i, j] > threshold else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class_accuracy(per_class: Union[Mapping[str, float], Sequence[float]],
@@ -129,7 +121,7 @@ def plot_per_class_accuracy(per_class: Union[Mapping[str, float], Sequence[float
     mean = np.nanmean(values)
     ax.axvline(mean, color="tab:orange", linestyle="--")
     ax.set(xlim=(0, 1.1), xlabel="accuracy", title=f"per-class accuracy (dashed: mean over classes, {mean:.3f})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_prediction_grid(images, labels, predictions, class_names: Sequence[str], path: PathLike,
@@ -163,4 +155,4 @@ def plot_prediction_grid(images, labels, predictions, class_names: Sequence[str]
         wrong = predictions[i] != labels[i]
         ax.set_title(f"{pred} ({true})" if wrong else pred, fontsize=8,
                      color=_MISTAKE_COLOR if wrong else _CORRECT_COLOR)
-    return _save(fig, path)
+    return save_figure(fig, path)
