@@ -2,7 +2,7 @@
 
 Route and why: no converter on the package index fits beside this project's pins. jax2onnx 0.13.1-0.17.1
 require ``orbax-checkpoint<0.11.37`` (a downgrade of the pinned 0.12). 0.13.0, what pip falls back to, is
-untested on jax 0.10 by its authors; tried here (2026-12-03), one of its plugins fails to import
+untested on jax 0.10 by its authors; tried here, one of its plugins fails to import
 (``jax.interpreters.batching.not_mapped`` is gone), it has no rule for ``platform_index`` (every CPU trace of
 ``ops.conv2d`` outside kernel mode "portable"), and it pulls in some twenty packages (equinox, huggingface_hub,
 netron, ...); it did convert simple_cnn in that mode. tf2onnx has no handler for the ``XlaCallModule`` op that every

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _orbax():
-    """``orbax.checkpoint``, imported when first used: it brings tensorstore and an event loop, 30 MB of resident
+    """``orbax.checkpoint``, imported when first used: it brings tensorstore and an event loop, tens of MB of resident
     memory that a process which never checkpoints (a benchmark, a profile, an export) does without."""
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 

@@ -2,7 +2,7 @@
 
 The kernel needs the PyPI packages ``onednn-cpu-gomp`` (the library) and ``onednn-devel-cpu-gomp`` (its headers),
 a C++17 compiler (``$CXX``, else ``g++``) and jaxlib's FFI headers. The build is keyed by the source, jaxlib and
-oneDNN versions, so it runs once per environment (about 5 s) and later processes load the cached ``.so``.
+oneDNN versions, so it runs once per environment (a few seconds) and later processes load the cached ``.so``.
 When anything is missing, ``load()`` says why and convolutions stay on XLA.
 
 A loaded library runs its code in the process, so the cache is guarded:
