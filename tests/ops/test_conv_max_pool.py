@@ -38,14 +38,18 @@ def test_conv2d_max_pool_is_the_pooled_convolution_with_its_gradients(size, kern
     assume(size + (2 if padding == 1 else 0) >= kernel)  # the kernel fits the padded input
     out = jax.eval_shape(lambda x, w: ops.conv2d(x, w, **geometry), x, w).shape[1]
     assume(out >= window)  # the pool's window fits the convolution's output
-    want = separately(x, w, b, window, **geometry)
-    got = ops.conv2d_max_pool(x, w, b, window, **geometry)
-    scale = float(jnp.abs(want).max())
-    np.testing.assert_allclose(got, want, atol=RELATIVE * scale)
-    loss = {name: (lambda x, w, b, f=f: (f(x, w, b, window, **geometry) ** 2).sum())
-            for name, f in (("fused", ops.conv2d_max_pool), ("separate", separately))}
-    grads = {name: jax.grad(f, argnums=(0, 1, 2))(x, w, b) for name, f in loss.items()}
-    for got_g, want_g in zip(grads["fused"], grads["separate"]):
+
+    @jax.jit  # one compilation per example for both functions, values and gradients
+    def values_and_gradients(x, w, b):
+        def run(f):
+            def loss(*args):
+                return (f(*args, window, **geometry) ** 2).sum()
+            return jax.grad(loss, (0, 1, 2))(x, w, b), f(x, w, b, window, **geometry)
+        return run(ops.conv2d_max_pool), run(separately)
+
+    (grads, got), (want_grads, want) = values_and_gradients(x, w, b)
+    np.testing.assert_allclose(got, want, atol=RELATIVE * float(jnp.abs(want).max()))
+    for got_g, want_g in zip(grads, want_grads):
         np.testing.assert_allclose(got_g, want_g, atol=RELATIVE * float(jnp.abs(want_g).max()) + 1e-6)
 
 
