@@ -165,16 +165,21 @@ def faithfulness(model: nn.Module, variables: Mapping, images: Array, targets: A
         explain = attribution(name, model, settings)
         return lambda v, x, t, key: pixel_scores(explain(v, x, t, key), signed=name not in SENSITIVITY)
 
-    result = FaithfulnessResult(methods + baselines, {}, {}, {})
-    for index, name in enumerate(result.names):
+    def runner(name):
         scores_of = scorer(name)
 
         @jax.jit
-        def run(variables, x, t, key, scores_of=scores_of):
+        def run(variables, x, t, key):
             method_key, ties_key = jax.random.split(key)
             return score(functools.partial(model.apply, variables), x, t, scores_of(variables, x, t, method_key),
                          ties_key)
+        return run
 
+    result = FaithfulnessResult(methods + baselines, {}, {}, {})
+    runs = [runner(name) for name in result.names]
+    for run in runs:  # traced, not run: a method that does not apply to the model fails before any is scored
+        jax.eval_shape(run, variables, _padded(images[:chunk], chunk), _padded(targets[:chunk], chunk), rng)
+    for index, (name, run) in enumerate(zip(result.names, runs)):
         start, parts = time.perf_counter(), []
         for number, (lo, hi) in enumerate(_chunks(len(images), chunk)):
             key = jax.random.fold_in(jax.random.fold_in(rng, index), number)

@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import Zoo
+from helpers import Zoo, random_variables, uniform_images
 from scipy import ndimage
 
 from cnn_jax.interpret import faithfulness
+from cnn_jax.models import get_model
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,20 @@ def test_bad_requests_name_the_problem(small_cnn):
         faithfulness.faithfulness(model, variables, images, jnp.full(len(images), 7), jax.random.key(0))
     with pytest.raises(ValueError, match=r"one score per pixel, \(N, H, W\) = \(3, 12, 12\); got scores of shape"):
         faithfulness.curves(small_cnn.f, images, targets, jnp.zeros(images.shape), jax.random.key(0))
+
+
+def test_a_method_that_does_not_apply_fails_before_any_is_scored(monkeypatch):
+    """Guided backpropagation needs ReLUs: on a GELU model it fails while every method is traced, before the
+    gradient, listed first, spends its minutes on the images."""
+    model = get_model("simple_cnn", 3, activation="gelu")
+    images = uniform_images((2, 12, 12, 1))
+    variables = random_variables(model, images)
+    scored, chunks = [], faithfulness._chunks
+    monkeypatch.setattr(faithfulness, "_chunks", lambda *args: scored.append(args) or chunks(*args))
+    with pytest.raises(ValueError, match="guided backpropagation found no jax.nn.relu"):
+        faithfulness.faithfulness(model, variables, images, jnp.arange(2), jax.random.key(0),
+                                  methods=("gradient", "guided_backprop"), baselines=())
+    assert scored == []
+    faithfulness.faithfulness(model, variables, images, jnp.arange(2), jax.random.key(0), methods=("gradient",),
+                              baselines=(), steps=2)
+    assert len(scored) == 1  # the counter sees a method that is scored
