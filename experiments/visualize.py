@@ -11,7 +11,10 @@ Beside it, `features.html` (`write_feature_page`): `--copies` images optimized f
 `--feature_layer` and for each of `--classes`, next to the natural images that excite each most among the first
 `--num_examples` of `--examples_split` of `--examples_dataset` (a tfds name or an image folder; default the run's
 dataset). `--pretrained=efficientnet_lite0 --examples_dataset=tf_flowers` makes that page for a pretrained
-ImageNet model (`cnn_jax.pretrained`, offline weights) instead of a run, into `<workdir>/gallery/`.
+ImageNet model (`cnn_jax.pretrained`, offline weights) instead of a run, into `<workdir>/gallery/`. A channel of a
+ReLU6 map can end off (0) or saturated (6) at every position, where its gradient is zero and the image stops
+moving: as Lucid visualizes its `*_pre_relu` layers, name the BatchNorm before the activation
+(`--feature_layer=head_conv/bn`, EfficientNet-Lite's last map before its ReLU6; RESULTS.md).
 """
 import dataclasses
 import os
