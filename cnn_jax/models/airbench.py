@@ -77,8 +77,8 @@ class AirbenchNet(nn.Module):
                        bn_use_scale=self.bn_scale, kernel_init=init, dtype=self.dtype,
                        name=f"stage{stage}_conv1")(x, train)
             self.sow("intermediates", f"stage{stage}", x)
-        x = jnp.max(x, axis=(1, 2))
         self.sow("intermediates", "features", x)
+        x = jnp.max(x, axis=(1, 2))
         logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, name="head")(x)
         return (logits * self.logit_scale if self.logit_scale != 1 else logits).astype(jnp.float32)
 

@@ -33,8 +33,8 @@ SOWN = {
     "vgg_mini": {"stage1": (16, 16, 64), "stage2": (8, 8, 128), "stage3": (4, 4, 256), "features": (4, 4, 256)},
     "alexnet_mini": {"stage1": (16, 16, 64), "stage2": (8, 8, 192), "stage3": (4, 4, 256), "features": (4, 4, 256)},
     **{f"resnet{depth}": _RESNET_MAPS for depth in (20, 32, 44, 56)},
-    "airbench": {"stage1": (16, 16, 64), "stage2": (8, 8, 256), "stage3": (4, 4, 256), "features": (256,)},
-    "airbench_half": {"stage1": (16, 16, 32), "stage2": (8, 8, 128), "stage3": (4, 4, 128), "features": (128,)},
+    "airbench": {"stage1": (16, 16, 64), "stage2": (8, 8, 256), "stage3": (4, 4, 256), "features": (4, 4, 256)},
+    "airbench_half": {"stage1": (16, 16, 32), "stage2": (8, 8, 128), "stage3": (4, 4, 128), "features": (4, 4, 128)},
 }
 BATCHNORM_MODELS = ("cnn3", "vgg_mini", "resnet20")
 
