@@ -41,7 +41,8 @@ def with_guided_relus(f: LogitsFn) -> LogitsFn:
         closed = trace(f, images)
         if not set(GUIDED) & set(rewrite.custom_jvp_calls(closed.jaxpr)):
             raise ValueError("guided backpropagation found no jax.nn.relu or jax.nn.relu6 call in the model "
-                             "(ReLUs written as jnp.maximum(x, 0), or inside scan/cond/remat, are not seen)")
+                             "(ReLUs written as jnp.maximum(x, 0), or inside scan/cond/remat, are not seen): it is "
+                             "defined for ReLU networks, so leave guided_backprop out of the methods for this one")
         return rewrite.evaluate(closed, [images], replace=GUIDED)[0]
     return guided_f
 
