@@ -92,10 +92,14 @@ def _flat_abs(maps: Array) -> Array:
 
 # --- which layers, and their randomization ---------------------------------------------------------------------
 
-def parameter_layers(variables: Mapping) -> list:
-    """The model's top-level parameter groups (e.g. "conv1", "stage2_block0", "head"), input side first: the
-    default units of randomization (in Flax's creation order, which is the forward order of a compact model)."""
-    return list(variables["params"])
+def parameter_layers(model: nn.Module, images: Array) -> list:
+    """The model's top-level parameter groups (e.g. "stem", "stage2_block0", "head"), input side first: the
+    default units of randomization. The order is Flax's creation order, the forward order of a compact model, read
+    from an initialization traced on one image (not run): variables read from a file, or returned through a JAX
+    transform, have their keys sorted by name instead, and "stem" sorts after "stage3"."""
+    layers = []
+    jax.eval_shape(lambda x: layers.extend(model.init(jax.random.key(0), x)["params"]), images[:1])
+    return layers
 
 
 def _matching(variables: Mapping, layer: str) -> list:
@@ -111,7 +115,7 @@ def check_order(variables: Mapping, order: Sequence[str]) -> tuple:
     if not order or missing:
         problem = f"{missing[0]!r} names no layer" if missing else "empty"
         raise ValueError(f"randomization order {list(order)}: {problem}; the model's layers are "
-                         f"{parameter_layers(variables)} (or a path below one, "
+                         f"{list(variables['params'])} (or a path below one, "
                          "e.g. 'head/logits')")
     return order
 
@@ -157,7 +161,7 @@ def sanity_checks(model: nn.Module, variables: Mapping, images: Array, targets: 
     targets = check_inputs(images, targets, "sanity_checks")
     check_targets(targets, jax.eval_shape(model.apply, variables, images[:1]).shape[-1])
     methods = check_methods(methods)
-    order = check_order(variables, order if order is not None else parameter_layers(variables)[::-1])
+    order = check_order(variables, order if order is not None else parameter_layers(model, images)[::-1])
     init_key, noise_key = jax.random.split(rng)
     fresh = jax.jit(model.init)(init_key, images[:1])
     explainers = {name: attribution(name, model, settings) for name in methods}

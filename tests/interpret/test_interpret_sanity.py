@@ -14,6 +14,7 @@ from cnn_jax import interpret
 from cnn_jax.interpret import sanity
 from cnn_jax.interpret.gallery import write_sanity_page
 from cnn_jax.interpret.methods import METHODS, attribution
+from cnn_jax.models import get_model
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_ssim_matches_scikit_image():
 
 def test_randomization_replaces_exactly_the_named_layers(small_cnn):
     fresh = small_cnn.model.init(jax.random.key(3), small_cnn.images[:1])
-    assert sanity.parameter_layers(small_cnn.variables) == ["conv1", "conv2", "head"]
+    assert sanity.parameter_layers(small_cnn.model, small_cnn.images) == ["conv1", "conv2", "head"]
     mixed = sanity.randomized(small_cnn.variables, fresh, ["head/logits", "conv1"])
     for layer, source in (("conv1", fresh), ("conv2", small_cnn.variables), ("head", fresh)):
         jax.tree_util.tree_map(np.testing.assert_array_equal, mixed["params"][layer], source["params"][layer])
@@ -92,3 +93,12 @@ def test_sanity_checks_and_their_page(small_cnn, tmp_path):
     assert "checks &lt;of&gt; a model" in text and "shuffled labels" in text
     summary = json.loads((tmp_path / "sanity.json").read_text())
     assert summary["cascading"]["gradient"]["ssim"][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_default_order_is_the_forward_order_even_when_names_do_not_sort_so():
+    """airbench's layers run stem, stage1_conv0, ..., head, while their names sort head, stage1_..., stem (as the
+    keys of variables read back from an export are): the top-down order starts at the head and ends at the stem."""
+    model = get_model("airbench_half", 10)
+    layers = sanity.parameter_layers(model, jnp.zeros((1, 32, 32, 3)))
+    assert layers[0] == "stem" and layers[-1] == "head" and layers != sorted(layers)
+    assert layers.index("stage1_conv0") < layers.index("stage2_conv0") < layers.index("stage3_conv1")
