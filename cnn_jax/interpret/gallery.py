@@ -271,8 +271,8 @@ def write_feature_page(model: nn.Module, variables: Mapping, batches, out_dir, *
     sections = []
     for index, ((figure, objective, titles, heading), best) in enumerate(zip(groups, found, strict=True)):
         repeated = objective._replace(indices=tuple(i for i in objective.indices for _ in range(copies)))
-        # ReLUs redirected wherever the unit's plain gradient is exactly zero, at every step (not only Lucid's
-        # first 16): a channel of a wide layer often starts off everywhere and would never move
+        # ReLUs redirected at every step (not only Lucid's first 16), by Lucid's rule: in a layer whose plain
+        # gradient is exactly zero for an image (activation_maximization's docstring)
         optimize = jax.jit(lambda v, key, repeated=repeated: activation_maximization(
             model, v, repeated, tuple(image_shape), key, steps=steps, diversity=diversity if copies > 1 else 0.0,
             diversity_layer=layer if repeated.kind == "logit" else None, redirect_steps=steps))
